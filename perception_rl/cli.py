@@ -1,0 +1,65 @@
+"""The `perception-rl` command: LightningCLI's fit / validate / test, plus asset-making tools.
+
+    perception-rl fit --config configs/demo.yaml
+    perception-rl test --config <run>/logs/version_0/config.yaml --ckpt_path <run>/logs/version_0/checkpoints/last.ckpt
+    perception-rl make-tiny-model DIR       # a tiny random Qwen2.5-VL, offline
+    perception-rl make-demo-data DIR        # the synthetic shapes task
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+
+from perception_rl.data.datamodule import RecordDataModule
+from perception_rl.module import GRPOModule
+
+TOOLS_HELP = """other commands:
+  make-tiny-model DIR   write a tiny random Qwen2.5-VL (model, tokenizer, processor) to DIR, offline
+  make-demo-data DIR    write the synthetic shapes task (train/val/test JSONL + images) to DIR
+"""
+
+
+class PerceptionRLCLI(LightningCLI):
+    """LightningCLI for `GRPOModule`; any LightningDataModule subclass may be given as `data.class_path`.
+
+    Without a logger in the config, runs log to CSV under `trainer.default_root_dir`, so one override of
+    that directory moves the whole run (logs, saved config, checkpoints, exported model).
+    """
+
+    def instantiate_trainer(self, **kwargs):
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("logger") in (None, True):
+            kwargs["logger"] = CSVLogger(trainer_config.get("default_root_dir") or ".", name="logs")
+        return super().instantiate_trainer(**kwargs)
+
+
+def _tools() -> dict[str, Callable[[list[str]], None]]:
+    from perception_rl.data.synthetic import main as make_demo_data
+    from perception_rl.tiny import main as make_tiny_model
+
+    return {"make-tiny-model": make_tiny_model, "make-demo-data": make_demo_data}
+
+
+def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else list(args)
+    tools = _tools()
+    if argv and argv[0] in tools:
+        tools[argv[0]](argv[1:])
+        return
+    PerceptionRLCLI(
+        GRPOModule,
+        RecordDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"epilog": TOOLS_HELP},
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()

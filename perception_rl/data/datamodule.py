@@ -1,0 +1,126 @@
+"""LightningDataModule over record files: validated records in, batches of `Sample`s out.
+
+Batches are lists of `Sample` (record + RGB images + chat messages). Tokenisation happens in the rollout
+engine with the policy's processor, so the data side needs no model and the processor lives in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from perception_rl.data.images import load_image
+from perception_rl.data.prompts import DEFAULT_FORMAT_INSTRUCTION, user_message
+from perception_rl.data.records import Record, load_records
+
+
+@dataclass
+class Sample:
+    """One prompt: its record, its images (loaded and resized) and the chat messages to render."""
+
+    record: Record
+    images: list[Image.Image]
+    messages: list[dict]
+
+
+class RecordDataset(Dataset):
+    def __init__(self, records: list[Record], format_instruction: str, min_pixels: int, max_pixels: int):
+        self.records = records
+        self.format_instruction = format_instruction
+        self.min_pixels = min_pixels
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Sample:
+        record = self.records[index]
+        images = [load_image(src, self.min_pixels, self.max_pixels, record.source) for src in record.images]
+        return Sample(record, images, [user_message(record, self.format_instruction, len(images))])
+
+
+def collate_samples(samples: list[Sample]) -> list[Sample]:
+    return list(samples)
+
+
+def _as_list(files: str | list[str] | None) -> list[str]:
+    if files is None:
+        return []
+    return [files] if isinstance(files, str) else list(files)
+
+
+class RecordDataModule(L.LightningDataModule):
+    """Train / validation / test sets from JSONL or parquet record files.
+
+    Args:
+        train_files: record files for training (.jsonl or .parquet).
+        val_files: record files for validation; none disables validation.
+        test_files: record files for `perception-rl test`; defaults to the validation files.
+        batch_size: prompts per training step per device (each is sampled G times).
+        eval_batch_size: prompts per validation/test step per device.
+        num_workers: dataloader worker processes (image decoding).
+        format_instruction: appended to every problem after a space; "" to append nothing.
+        min_pixels: images smaller than this area are scaled up (aspect kept).
+        max_pixels: images larger than this area are scaled down (aspect kept).
+        shuffle: shuffle the training set each epoch.
+    """
+
+    def __init__(
+        self,
+        train_files: str | list[str] | None = None,
+        val_files: str | list[str] | None = None,
+        test_files: str | list[str] | None = None,
+        batch_size: int = 2,
+        eval_batch_size: int = 8,
+        num_workers: int = 0,
+        format_instruction: str = DEFAULT_FORMAT_INSTRUCTION,
+        min_pixels: int = 3136,
+        max_pixels: int = 1806336,
+        shuffle: bool = True,
+    ):
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError(f"data: batch_size and eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}")
+        if min_pixels <= 0 or max_pixels < min_pixels:
+            raise ValueError(f"data: need 0 < min_pixels <= max_pixels, got {min_pixels} and {max_pixels}")
+        self.train_files = _as_list(train_files)
+        self.val_files = _as_list(val_files)
+        self.test_files = _as_list(test_files) or self.val_files
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.format_instruction = format_instruction
+        self.min_pixels = min_pixels
+        self.max_pixels = max_pixels
+        self.shuffle = shuffle
+        self.datasets: dict[str, RecordDataset] = {}
+
+    def setup(self, stage: str) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
+        for split in wanted:
+            files = getattr(self, f"{split}_files")
+            if split == "train" and not files:
+                raise ValueError("data.train_files: give at least one record file to fit on")
+            if files and split not in self.datasets:
+                records = [r for f in files for r in load_records(f)]
+                self.datasets[split] = RecordDataset(records, self.format_instruction, self.min_pixels, self.max_pixels)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise ValueError(f"data.{split}_files: no {split} files were given")
+        return DataLoader(
+            self.datasets[split], batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            collate_fn=collate_samples, persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, self.shuffle)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", self.eval_batch_size, False) if "val" in self.datasets else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, False)

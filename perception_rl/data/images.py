@@ -1,0 +1,31 @@
+"""Image loading for records: from a path or bytes, RGB, area-preserving resize into [min_pixels, max_pixels]."""
+
+from __future__ import annotations
+
+import io
+import math
+
+from PIL import Image
+
+
+def resize_to_pixel_bounds(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
+    """Scale both sides by one factor so that width * height lands inside [min_pixels, max_pixels]."""
+    area = image.width * image.height
+    if min_pixels <= area <= max_pixels:
+        return image
+    scale = math.sqrt((max_pixels if area > max_pixels else min_pixels) / area)
+    # Round towards the bound so the result stays inside it.
+    rounder = math.floor if area > max_pixels else math.ceil
+    size = (max(1, rounder(image.width * scale)), max(1, rounder(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def load_image(source: str | bytes, min_pixels: int, max_pixels: int, where: str = "") -> Image.Image:
+    """Open `source` (path or encoded bytes) as an RGB image within the pixel bounds."""
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image.load()
+    except (OSError, ValueError) as err:
+        label = "image bytes" if isinstance(source, bytes) else source
+        raise ValueError(f"{where}: cannot read image {label}: {err}") from err
+    return resize_to_pixel_bounds(image.convert("RGB"), min_pixels, max_pixels)

@@ -1,0 +1,338 @@
+"""`GRPOModule`: the policy, its rewards and the GRPO update, as one LightningModule.
+
+`training_step` reads as the method: rollout -> score -> advantages -> policy update -> log. The maths
+lives in `perception_rl.grpo`; sampling in a `RolloutEngine`; scoring in `Reward`s. Optimisation is
+manual because one rollout batch may feed several optimizer steps (mini-batches, update epochs).
+
+Deviations from textbook GRPO, all switchable: token-mean loss aggregation by default (the released
+recipe's choice), asymmetric clipping and dual-clip, no KL term unless `kl_coef > 0`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from perception_rl import grpo
+from perception_rl.data.datamodule import Sample
+from perception_rl.policy import Policy, decoder_layers, vision_blocks
+from perception_rl.rewards import AccuracyReward, FormatReward, Reward, RewardBreakdown, score_all
+from perception_rl.rollout import HFGenerateEngine, RolloutEngine, Rollouts
+
+
+class GRPOModule(L.LightningModule):
+    """GRPO fine-tuning of a (multimodal) policy with pluggable rewards.
+
+    Args:
+        policy: which model to load and how (dtype, attention, checkpointing, frozen vision tower).
+        rewards: the reward terms; each carries its weight. Defaults to accuracy (0.9) + format (0.1).
+        rollout: the sampling engine and its parameters (G, temperature, lengths).
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        adam_betas: AdamW betas.
+        warmup_ratio: share of optimizer steps spent in linear warm-up; the rate is constant afterwards.
+        max_grad_norm: clip the global gradient norm to this; None disables clipping (the norm is still logged).
+        clip_low: lower PPO clip range (ratio >= 1 - clip_low).
+        clip_high: upper PPO clip range (ratio <= 1 + clip_high).
+        dual_clip: bound on the loss of negative-advantage tokens (c > 1); None disables it.
+        loss_aggregation: token_mean, seq_mean_token_mean, or constant (Dr. GRPO, divides by max new tokens).
+        scale_advantages_by_std: divide group-centred rewards by the group std (False: Dr. GRPO).
+        kl_coef: weight of the KL penalty to a frozen copy of the initial policy; 0 loads no reference.
+        kl_estimator: k1 or k3.
+        entropy_coef: weight of an entropy bonus (subtracted from the loss).
+        update_epochs: passes over each rollout batch.
+        num_mini_batches: optimizer steps per pass over a rollout batch.
+        micro_batch_size: completions per forward/backward (memory knob; gradients are accumulated).
+        export_hf_model: after fit, save the policy with `save_pretrained` to `<default_root_dir>/hf_model`.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        rewards: list[Reward] | None = None,
+        rollout: RolloutEngine | None = None,
+        learning_rate: float = 1e-6,
+        weight_decay: float = 1e-2,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+        warmup_ratio: float = 0.0,
+        max_grad_norm: float | None = 1.0,
+        clip_low: float = 0.2,
+        clip_high: float = 0.2,
+        dual_clip: float | None = None,
+        loss_aggregation: grpo.LossAggregation = "token_mean",
+        scale_advantages_by_std: bool = True,
+        kl_coef: float = 0.0,
+        kl_estimator: grpo.KLEstimator = "k3",
+        entropy_coef: float = 0.0,
+        update_epochs: int = 1,
+        num_mini_batches: int = 1,
+        micro_batch_size: int | None = None,
+        export_hf_model: bool = True,
+    ):
+        super().__init__()
+        if update_epochs < 1 or num_mini_batches < 1 or (micro_batch_size is not None and micro_batch_size < 1):
+            raise ValueError("model: update_epochs, num_mini_batches and micro_batch_size must be >= 1")
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise ValueError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        if dual_clip is not None and dual_clip <= 1.0:
+            raise ValueError(f"model.dual_clip must be > 1 (or null), got {dual_clip}")
+        self.save_hyperparameters(ignore=["policy", "rewards", "rollout"])
+        self.automatic_optimization = False
+        self.policy = policy
+        self.rewards = rewards if rewards is not None else [AccuracyReward(), FormatReward()]
+        self.rollout = rollout or HFGenerateEngine()
+        self.model: torch.nn.Module | None = None
+        self.processor = None
+        self._reference: list[torch.nn.Module] = []  # a list keeps it out of state_dict and checkpoints
+        self.skipped_steps = 0
+        names = [r.name for r in self.rewards]
+        self.eval_metrics = torch.nn.ModuleDict({
+            stage: torch.nn.ModuleDict({n: MeanMetric(nan_strategy="ignore") for n in [*names, "total", "response_length"]})
+            for stage in ("val", "test")
+        })
+
+    # ----------------------------------------------------------------- setup
+    def prepare_data(self) -> None:
+        self.policy.prepare()
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.processor = self.policy.load_processor()
+        self.model = self.policy.load_model()
+        if self.hparams.kl_coef > 0:
+            reference = self.policy.load_model().eval().requires_grad_(False)
+            self._reference = [reference]
+        if getattr(self, "_device_mesh", None) is not None:  # ModelParallelStrategy: FSDP2
+            self._shard_fsdp2()
+
+    def _shard_fsdp2(self) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        for block in [*vision_blocks(self.model), *decoder_layers(self.model)]:
+            fully_shard(block, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)
+
+    def on_fit_start(self) -> None:
+        for reference in self._reference:
+            reference.to(self.device)
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay, betas=self.hparams.adam_betas
+        )
+        warmup = math.ceil(self.hparams.warmup_ratio * self._total_optimizer_steps())
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _total_optimizer_steps(self) -> int:
+        if self.trainer.max_steps and self.trainer.max_steps > 0:
+            return self.trainer.max_steps
+        return int(self.trainer.estimated_stepping_batches) * self.hparams.update_epochs * self.hparams.num_mini_batches
+
+    # ----------------------------------------------------------------- training
+    def training_step(self, batch: list[Sample], batch_idx: int) -> None:
+        start = time.perf_counter()
+        rollouts = self.generate(batch)
+        rollout_time = time.perf_counter() - start
+        breakdown = score_all(self.rewards, rollouts)
+        reward_time = time.perf_counter() - start - rollout_time
+        advantages = grpo.group_advantages(
+            breakdown.total, rollouts.group_size, scale_by_std=self.hparams.scale_advantages_by_std
+        )
+        update_stats = self.update_policy(rollouts, advantages, valid=~torch.isnan(breakdown.total))
+        step_time = time.perf_counter() - start
+        self.log_step(rollouts, breakdown, advantages, update_stats, rollout_time, reward_time, step_time)
+
+    def generate(self, batch: list[Sample], greedy: bool = False) -> Rollouts:
+        with self._gathered_for_generation():
+            return self.rollout.generate(self.model, self.processor, batch, greedy=greedy, synced_devices=self._sharded())
+
+    def update_policy(self, rollouts: Rollouts, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+        """Optimizer steps on one rollout batch: epochs x mini-batches, each accumulated over micro-batches."""
+        hp = self.hparams
+        n = len(rollouts)
+        on_policy = hp.update_epochs == 1 and hp.num_mini_batches == 1
+        old_logp = None if on_policy else self._logprobs_no_grad(rollouts, self.model)
+        ref_logp = self._logprobs_no_grad(rollouts, self._reference[0]) if self._reference else None
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        totals: dict[str, float] = {}
+        updates = 0
+        for _ in range(hp.update_epochs):
+            order = torch.randperm(n) if hp.num_mini_batches > 1 else torch.arange(n)
+            for mini in order.chunk(hp.num_mini_batches):
+                optimizer.zero_grad()
+                mask = rollouts.completion_mask[mini] * valid[mini, None]
+                for micro in mini.split(hp.micro_batch_size or len(mini)):
+                    share = self._micro_share(rollouts, valid, micro, mini)
+                    loss, stats = self.policy_loss(rollouts, micro, advantages, valid, old_logp, ref_logp)
+                    self.manual_backward(loss * share)
+                    for key, value in stats.items():
+                        totals[key] = totals.get(key, 0.0) + value * share
+                totals["grad_norm"] = totals.get("grad_norm", 0.0) + self._step(optimizer, scheduler, mask)
+                updates += 1
+        return {key: value / updates for key, value in totals.items()}
+
+    def _micro_share(self, rollouts: Rollouts, valid: torch.Tensor, micro: torch.Tensor, mini: torch.Tensor) -> float:
+        """Weight of a micro-batch in its mini-batch, so accumulated gradients equal the mini-batch loss's."""
+        if self.hparams.loss_aggregation == "token_mean":
+            tokens = lambda idx: float((rollouts.completion_mask[idx] * valid[idx, None]).sum())  # noqa: E731
+            return tokens(micro) / max(tokens(mini), 1.0)
+        return len(micro) / len(mini)
+
+    def policy_loss(
+        self,
+        rollouts: Rollouts,
+        indices: torch.Tensor,
+        advantages: torch.Tensor,
+        valid: torch.Tensor,
+        old_logp: torch.Tensor | None,
+        ref_logp: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Clipped-surrogate loss (+ KL, - entropy) of the completions at `indices`."""
+        hp = self.hparams
+        need_entropy = True  # logged every step; cheap next to the forward
+        logp, entropy = self._forward_logprobs(self.model, rollouts, indices, need_entropy)  # [n, L]
+        old = logp.detach() if old_logp is None else old_logp[indices].to(logp.device)  # [n, L]
+        mask = (rollouts.completion_mask[indices] * valid[indices, None]).to(logp.device)  # [n, L]
+        adv = advantages[indices].to(logp.device)  # [n]
+        per_token, clipped = grpo.clipped_surrogate(logp, old, adv, hp.clip_low, hp.clip_high, hp.dual_clip)
+        stats = {"clip_fraction": float(grpo.masked_mean(clipped.float(), mask)), "entropy": float(grpo.masked_mean(entropy, mask))}
+        if ref_logp is not None:
+            kl = grpo.kl_divergence(logp, ref_logp[indices].to(logp.device), hp.kl_estimator)  # [n, L]
+            per_token = per_token + hp.kl_coef * kl
+            stats["kl"] = float(grpo.masked_mean(kl.detach(), mask))
+        if hp.entropy_coef:
+            per_token = per_token - hp.entropy_coef * entropy
+        loss = grpo.aggregate_loss(per_token, mask, hp.loss_aggregation, constant=self.rollout.max_new_tokens)
+        stats["loss"] = float(loss.detach())
+        return loss, stats
+
+    def _forward_logprobs(
+        self, model: torch.nn.Module, rollouts: Rollouts, indices: torch.Tensor, with_entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs [n, L] (and entropies) of the sampled completions under `model`."""
+        inputs = {k: v.to(self.device) for k, v in rollouts.model_inputs(indices).items()}
+        length = rollouts.completion_ids.shape[1]
+        logits = model(**inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :-1]  # [n, L, V]
+        logits = logits / self.rollout.temperature  # log-probs of the distribution actually sampled
+        logp = grpo.token_logprobs(logits, rollouts.completion_ids[indices].to(self.device))  # [n, L]
+        entropy = grpo.entropy_from_logits(logits.detach()) if with_entropy else None
+        return logp, entropy
+
+    @torch.no_grad()
+    def _logprobs_no_grad(self, rollouts: Rollouts, model: torch.nn.Module) -> torch.Tensor:
+        chunks = torch.arange(len(rollouts)).split(self.hparams.micro_batch_size or len(rollouts))
+        return torch.cat([self._forward_logprobs(model, rollouts, idx)[0].cpu() for idx in chunks])
+
+    def _step(self, optimizer, scheduler, mask: torch.Tensor) -> float:
+        """Clip, then step unless the gradient norm is non-finite (that step is skipped and counted)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = self.hparams.max_grad_norm if self.hparams.max_grad_norm is not None else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        if math.isfinite(norm):
+            optimizer.step()
+            scheduler.step()
+        else:
+            self.skipped_steps += 1
+        optimizer.zero_grad()
+        return norm
+
+    # ----------------------------------------------------------------- logging
+    def log_step(
+        self,
+        rollouts: Rollouts,
+        breakdown: RewardBreakdown,
+        advantages: torch.Tensor,
+        update_stats: dict[str, float],
+        rollout_time: float,
+        reward_time: float,
+        step_time: float,
+    ) -> None:
+        lengths = rollouts.completion_mask.sum(-1).float()  # [N]
+        tokens = float(lengths.sum())
+        metrics = {
+            **breakdown.log("reward"),
+            "advantage/mean": float(advantages.mean()),
+            "advantage/std": float(advantages.std()) if len(advantages) > 1 else 0.0,
+            "advantage/zero_fraction": float((advantages == 0).float().mean()),
+            **{f"policy/{k}": v for k, v in update_stats.items()},
+            "policy/skipped_steps": float(self.skipped_steps),
+            "policy/lr": self.optimizers().param_groups[0]["lr"],
+            "response_length/mean": float(lengths.mean()),
+            "response_length/max": float(lengths.max()),
+            "response_length/truncated_fraction": float(rollouts.truncated.float().mean()),
+            "time/rollout_s": rollout_time,
+            "time/reward_s": reward_time,
+            "time/update_s": step_time - rollout_time - reward_time,
+            "time/step_s": step_time,
+            "throughput/tokens_per_s": tokens / step_time,
+            "throughput/rollout_tokens_per_s": tokens / max(rollout_time, 1e-9),
+        }
+        metrics = {f"train/{k}": v for k, v in metrics.items() if not math.isnan(v)}
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(rollouts.samples))
+        self.log("reward", breakdown.log()["reward/total"], prog_bar=True, on_step=True, batch_size=len(rollouts.samples))
+
+    # ----------------------------------------------------------------- evaluation
+    def validation_step(self, batch: list[Sample], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: list[Sample], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: list[Sample], stage: str) -> None:
+        """Greedy completion per prompt, scored by every reward; means accumulate in torchmetrics."""
+        rollouts = self.generate(batch, greedy=True)
+        breakdown = score_all(self.rewards, rollouts)
+        metrics = self.eval_metrics[stage]
+        for name, output in breakdown.outputs.items():
+            metrics[name].update(output.scores)
+        metrics["total"].update(breakdown.total)
+        metrics["response_length"].update(rollouts.completion_mask.sum(-1).float())
+        for name, metric in metrics.items():
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=len(batch))
+
+    # ----------------------------------------------------------------- export
+    def on_fit_end(self) -> None:
+        if self.hparams.export_hf_model:
+            self.export_pretrained(Path(self.trainer.default_root_dir) / "hf_model")
+
+    def export_pretrained(self, path: str | Path) -> None:
+        """Save the policy (full weights, gathered from shards if needed) and processor in Hugging Face format."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = None
+        if self._sharded():  # every rank takes part in the gather; rank 0 writes
+            state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.trainer.is_global_zero:
+            self.model.save_pretrained(path, state_dict=state)
+            self.processor.save_pretrained(path)
+        self.trainer.strategy.barrier("export_pretrained")
+
+    # ----------------------------------------------------------------- sharding helpers
+    def _sharded(self) -> bool:
+        from torch.distributed.fsdp import FSDPModule
+
+        return isinstance(self.model, FSDPModule)
+
+    @contextmanager
+    def _gathered_for_generation(self):
+        """FSDP2: unshard the root so `generate` (which runs the vision tower outside a root forward) sees full tensors."""
+        if not self._sharded():
+            yield
+            return
+        self.model._get_fsdp_state()._lazy_init()  # private API; a first root forward would do the same
+        self.model.unshard()
+        try:
+            yield
+        finally:
+            self.model.reshard()

@@ -1,0 +1,134 @@
+"""The reward extension point: `Reward` (one small ABC) and `RewardOutput` (a result that logs itself).
+
+A reward scores every completion of a rollout batch. Scores are floats; NaN means the reward abstained
+for that completion (e.g. its judge failed under the "abstain" policy) and the completion is then left
+out of the loss. Weights live on the reward, so a YAML list of rewards is the whole reward function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from perception_rl.rollout.types import Rollouts
+
+
+@dataclass
+class RewardOutput:
+    """Per-completion scores ([N], NaN = abstained), optional sub-scores ([N] each) and counters."""
+
+    scores: torch.Tensor
+    sub_scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    counters: dict[str, float] = field(default_factory=dict)
+
+    def log(self, prefix: str) -> dict[str, float]:
+        """Scalars to log: the mean score over completions that got one, sub-score means, counters."""
+        out = {f"{prefix}/mean": _nanmean(self.scores)}
+        abstained = int(torch.isnan(self.scores).sum())
+        if abstained:
+            out[f"{prefix}/abstained"] = float(abstained)
+        for name, values in self.sub_scores.items():
+            out[f"{prefix}/{name}"] = _nanmean(values)
+        for name, value in self.counters.items():
+            out[f"{prefix}/{name}"] = float(value)
+        return out
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    valid = values[~torch.isnan(values)]
+    return float(valid.float().mean()) if valid.numel() else math.nan
+
+
+class Reward(ABC):
+    """Scores each completion of a `Rollouts` batch. Subclass and implement `score`.
+
+    Args:
+        weight: multiplier applied when the rewards are summed into one scalar per completion.
+        name: key used in logs; defaults to the class's `default_name`.
+    """
+
+    default_name = "reward"
+
+    def __init__(self, weight: float = 1.0, name: str | None = None):
+        self.weight = weight
+        self.name = name or self.default_name
+
+    @abstractmethod
+    def score(self, rollouts: Rollouts) -> RewardOutput:
+        """Return one score per completion, in `rollouts.completions` order."""
+
+    def __call__(self, rollouts: Rollouts) -> RewardOutput:
+        output = self.score(rollouts)
+        if output.scores.shape != (len(rollouts.completions),):
+            raise ValueError(
+                f"reward {self.name!r} returned scores of shape {tuple(output.scores.shape)}, "
+                f"expected ({len(rollouts.completions)},)"
+            )
+        return output
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, weight={self.weight})"
+
+
+class FunctionReward(Reward):
+    """Adapts a plain function `fn(completions: list[str], records: list[dict]) -> list[float]`.
+
+    `records[i]` is the source record of `completions[i]` (as a dict, every field of the data file kept).
+
+    Args:
+        function: the function, or its import path "package.module.function" (as written in YAML).
+        weight: multiplier in the summed reward.
+        name: key used in logs; defaults to the function's name.
+    """
+
+    def __init__(self, function: str | Callable, weight: float = 1.0, name: str | None = None):
+        self.function = _import_callable(function) if isinstance(function, str) else function
+        super().__init__(weight, name or getattr(self.function, "__name__", "function"))
+
+    def score(self, rollouts: Rollouts) -> RewardOutput:
+        records = [rollouts.record_of(i).to_dict() for i in range(len(rollouts.completions))]
+        values = list(self.function(rollouts.completions, records))
+        if len(values) != len(rollouts.completions):
+            raise ValueError(f"reward function {self.name!r} returned {len(values)} scores for {len(records)} completions")
+        return RewardOutput(torch.tensor([math.nan if v is None else float(v) for v in values]))
+
+
+def _import_callable(path: str) -> Callable:
+    module_name, _, attr = path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"FunctionReward.function: {path!r} is not an import path like 'package.module.function'")
+    function = getattr(importlib.import_module(module_name), attr, None)
+    if not callable(function):
+        raise ValueError(f"FunctionReward.function: {path!r} does not name a callable")
+    return function
+
+
+@dataclass
+class RewardBreakdown:
+    """All rewards of one batch: each reward's output and the weighted total ([N], NaN where any abstained)."""
+
+    outputs: dict[str, RewardOutput]
+    total: torch.Tensor
+
+    def log(self, prefix: str = "reward") -> dict[str, float]:
+        metrics = {f"{prefix}/total": _nanmean(self.total)}
+        for name, output in self.outputs.items():
+            metrics.update(output.log(f"{prefix}/{name}"))
+        return metrics
+
+
+def score_all(rewards: list[Reward], rollouts: Rollouts) -> RewardBreakdown:
+    """Run every reward and sum `weight * score` per completion."""
+    names = [r.name for r in rewards]
+    if len(set(names)) != len(names):
+        raise ValueError(f"reward names must be unique (they key the logs), got {names}; set `name:` on duplicates")
+    outputs = {reward.name: reward(rollouts) for reward in rewards}
+    total = torch.zeros(len(rollouts.completions), dtype=torch.float32)
+    for reward in rewards:
+        total = total + reward.weight * outputs[reward.name].scores.float()
+    return RewardBreakdown(outputs, total)

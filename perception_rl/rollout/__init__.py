@@ -1,0 +1,7 @@
+"""Rollout engines: sample G completions per prompt and return one `Rollouts` object."""
+
+from perception_rl.rollout.base import RolloutEngine
+from perception_rl.rollout.hf import HFGenerateEngine
+from perception_rl.rollout.types import Rollouts
+
+__all__ = ["HFGenerateEngine", "RolloutEngine", "Rollouts"]

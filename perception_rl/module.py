@@ -14,6 +14,7 @@ import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -50,6 +51,8 @@ class GRPOModule(L.LightningModule):
         num_mini_batches: optimizer steps per pass over a rollout batch.
         micro_batch_size: completions per forward/backward (memory knob; gradients are accumulated).
         export_hf_model: after fit, save the policy with `save_pretrained` to `<default_root_dir>/hf_model`.
+        fsdp_param_dtype: with ModelParallelStrategy (FSDP2), compute in this dtype while keeping fp32 master
+            weights and fp32 gradient reduction (bf16 mixed precision); None computes in the weights' dtype.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class GRPOModule(L.LightningModule):
         num_mini_batches: int = 1,
         micro_batch_size: int | None = None,
         export_hf_model: bool = True,
+        fsdp_param_dtype: Literal["bfloat16", "float16"] | None = None,
     ):
         super().__init__()
         if update_epochs < 1 or num_mini_batches < 1 or (micro_batch_size is not None and micro_batch_size < 1):
@@ -113,12 +117,15 @@ class GRPOModule(L.LightningModule):
             self._shard_fsdp2()
 
     def _shard_fsdp2(self) -> None:
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = self.device_mesh["data_parallel"]
+        dtype = self.hparams.fsdp_param_dtype
+        policy = MixedPrecisionPolicy(getattr(torch, dtype), torch.float32) if dtype else MixedPrecisionPolicy()
+        # One shard group per transformer block (vision and language), then the root for the rest.
         for block in [*vision_blocks(self.model), *decoder_layers(self.model)]:
-            fully_shard(block, mesh=mesh)
-        fully_shard(self.model, mesh=mesh)
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(self.model, mesh=mesh, mp_policy=policy)
 
     def on_fit_start(self) -> None:
         for reference in self._reference:
@@ -205,7 +212,12 @@ class GRPOModule(L.LightningModule):
         mask = (rollouts.completion_mask[indices] * valid[indices, None]).to(logp.device)  # [n, L]
         adv = advantages[indices].to(logp.device)  # [n]
         per_token, clipped = grpo.clipped_surrogate(logp, old, adv, hp.clip_low, hp.clip_high, hp.dual_clip)
-        stats = {"clip_fraction": float(grpo.masked_mean(clipped.float(), mask)), "entropy": float(grpo.masked_mean(entropy, mask))}
+        stats = {
+            "clip_fraction": float(grpo.masked_mean(clipped.float(), mask)),
+            "entropy": float(grpo.masked_mean(entropy, mask)),
+            # How far the policy has moved from the one that sampled (0 on the on-policy first update).
+            "approx_kl_to_rollout": float(grpo.masked_mean(grpo.kl_divergence(logp.detach(), old, "k3"), mask)),
+        }
         if ref_logp is not None:
             kl = grpo.kl_divergence(logp, ref_logp[indices].to(logp.device), hp.kl_estimator)  # [n, L]
             per_token = per_token + hp.kl_coef * kl

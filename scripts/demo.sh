@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the CPU demo: GRPO on a tiny random Qwen2.5-VL over the synthetic shapes task.
+# Extra arguments go to `perception-rl fit`, e.g. --trainer.max_steps=3 --trainer.default_root_dir=/tmp/run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+exec .venv/bin/perception-rl fit --config configs/demo.yaml "$@"

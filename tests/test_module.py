@@ -1,0 +1,108 @@
+"""GRPOModule on the tiny model: the update moves log-probs the right way, accumulation is exact, bad steps are skipped."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from perception_rl import FunctionReward, GRPOModule, HFGenerateEngine, Policy, RecordDataModule
+from perception_rl.data.datamodule import Sample
+
+
+def make_module(model_dir, policy_cls=Policy, **kwargs) -> GRPOModule:
+    module = GRPOModule(
+        policy=policy_cls(str(model_dir), max_pixels=12544),
+        rewards=[FunctionReward("helpers.digit_share", name="digits")],
+        rollout=HFGenerateEngine(num_generations=4, max_new_tokens=12),
+        **kwargs,
+    )
+    module.configure_model()
+    return module
+
+
+def first_batch(shapes_dir, size: int = 2) -> list[Sample]:
+    data = RecordDataModule(str(shapes_dir / "train.jsonl"), batch_size=size, shuffle=False, max_pixels=12544)
+    data.setup("fit")
+    return next(iter(data.train_dataloader()))
+
+
+def test_policy_gradient_step_raises_logprob_of_positive_advantage_completions(tiny_model_dir, shapes_dir):
+    module = make_module(tiny_model_dir, learning_rate=1e-2)
+    torch.manual_seed(0)
+    rollouts = module.generate(first_batch(shapes_dir))
+    advantages = torch.tensor([1.0, -1.0] * (len(rollouts) // 2))
+    valid = torch.ones(len(rollouts), dtype=torch.bool)
+    everything = torch.arange(len(rollouts))
+
+    def sequence_logprobs():
+        with torch.no_grad():
+            logp, _ = module._forward_logprobs(module.model, rollouts, everything)
+        return (logp * rollouts.completion_mask).sum(-1)
+
+    before = sequence_logprobs()
+    loss, stats = module.policy_loss(rollouts, everything, advantages, valid, None, None)
+    assert stats["clip_fraction"] == 0.0 and stats["approx_kl_to_rollout"] == 0.0  # on-policy: ratio is exactly 1
+    loss.backward()
+    torch.optim.SGD(module.model.parameters(), lr=1e-2).step()
+    change = sequence_logprobs() - before
+    assert (change[advantages > 0] > 0).all() and (change[advantages < 0] < 0).all()
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "constant"])
+def test_micro_batch_accumulation_equals_the_whole_batch(tiny_model_dir, shapes_dir, aggregation):
+    module = make_module(tiny_model_dir, loss_aggregation=aggregation)
+    torch.manual_seed(0)
+    rollouts = module.generate(first_batch(shapes_dir))
+    rollouts.completion_mask[0, 3:] = 0  # uneven lengths make the token weighting matter
+    advantages = torch.linspace(-1, 1, len(rollouts))
+    valid = torch.ones(len(rollouts), dtype=torch.bool)
+    valid[5] = False  # an abstained completion is left out
+    whole = torch.arange(len(rollouts))
+    full, _ = module.policy_loss(rollouts, whole, advantages, valid, None, None)
+    accumulated = sum(
+        module._micro_share(rollouts, valid, micro, whole) * module.policy_loss(rollouts, micro, advantages, valid, None, None)[0]
+        for micro in whole.split(3)
+    )
+    assert torch.allclose(full, accumulated, atol=1e-6)
+
+
+class NaNGradientPolicy(Policy):
+    """Loads normally, then makes every gradient of the output head NaN."""
+
+    def load_model(self):
+        model = super().load_model()
+        model.lm_head.weight.register_hook(lambda grad: grad * float("nan"))
+        return model
+
+
+def fit(module: GRPOModule, shapes_dir, tmp_path, **trainer_kwargs) -> L.Trainer:
+    data = RecordDataModule(str(shapes_dir / "train.jsonl"), batch_size=2, max_pixels=12544)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, **trainer_kwargs,
+    )
+    trainer.fit(module, datamodule=data)
+    return trainer
+
+
+def test_non_finite_gradient_skips_the_step(tiny_model_dir, shapes_dir, tmp_path):
+    module = make_module(tiny_model_dir, NaNGradientPolicy, export_hf_model=False, learning_rate=1e-2)
+    initial = {k: v.clone() for k, v in module.model.state_dict().items()}
+    trainer = fit(module, shapes_dir, tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0)
+    assert module.skipped_steps == 2
+    assert trainer.global_step == 0, "a skipped step is not an optimizer step"
+    assert all(torch.equal(initial[k], v) for k, v in module.model.state_dict().items()), "weights untouched"
+
+
+def test_several_updates_per_rollout_batch(tiny_model_dir, shapes_dir, tmp_path):
+    module = make_module(
+        tiny_model_dir, export_hf_model=False, learning_rate=1e-2, update_epochs=2, num_mini_batches=2,
+        micro_batch_size=2, warmup_ratio=0.5,
+    )
+    trainer = fit(module, shapes_dir, tmp_path, max_steps=8, limit_val_batches=0)
+    assert trainer.global_step == 8, "2 rollout batches x 2 epochs x 2 mini-batches"
+    assert module.skipped_steps == 0
+    # warm-up over ceil(0.5 * 8) = 4 steps, then constant
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-2)
+    assert trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0](0) == pytest.approx(0.25)

@@ -22,6 +22,8 @@ def group_advantages(
     NaN rewards are left out of their group's statistics. With `scale_by_std=False` only the mean is
     subtracted (Dr. GRPO).
     """
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards must be 1-D with a multiple of group_size={group_size} items, got {tuple(rewards.shape)}")
     r = rewards.view(-1, group_size).double()  # [P, G]
@@ -117,7 +119,9 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the next-token distribution at each position ([N, L, V] -> [N, L])."""
     logits = logits.float()
     logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    p = logp.exp()
+    # Suppressed tokens have -inf logits; their 0 * -inf terms contribute 0, not NaN.
+    return -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

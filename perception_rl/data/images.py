@@ -28,4 +28,13 @@ def load_image(source: str | bytes, min_pixels: int, max_pixels: int, where: str
     except (OSError, ValueError) as err:
         label = "image bytes" if isinstance(source, bytes) else source
         raise ValueError(f"{where}: cannot read image {label}: {err}") from err
-    return resize_to_pixel_bounds(image.convert("RGB"), min_pixels, max_pixels)
+    return resize_to_pixel_bounds(to_rgb(image), min_pixels, max_pixels)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with transparent pixels composited onto white (diagrams often have transparent backgrounds)."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

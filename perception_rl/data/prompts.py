@@ -25,6 +25,7 @@ def user_message(record: Record, format_instruction: str, num_images: int) -> di
     """A chat message with one image entry per image, then the problem and a space and the instruction."""
     text = problem_text(record)
     if format_instruction:
-        text = f"{text} {format_instruction}"
+        # After lettered options the instruction starts its own line rather than trailing the last option.
+        text = f"{text}{chr(10) if record.choices else ' '}{format_instruction}"
     content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": text}]
     return {"role": "user", "content": content}

@@ -86,6 +86,8 @@ def record_from_dict(raw: Any, base: Path, where: str, check_files: bool = True)
     for key in ("id", "problem", "answer"):
         if raw.get(key) is None:
             raise RecordError(f"{where}: field '{key}' is missing")
+        if isinstance(raw[key], str) and not raw[key].strip():
+            raise RecordError(f"{where}: field '{key}' is empty")
     if not isinstance(raw["problem"], str) or not raw["problem"].strip():
         raise RecordError(f"{where}: field 'problem' must be a non-empty string")
     if not isinstance(raw["answer"], (str, int, float)) or isinstance(raw["answer"], bool):
@@ -118,9 +120,17 @@ def load_records(path: str | Path, check_files: bool = True) -> list[Record]:
         import pyarrow.parquet as pq
 
         rows = [(f"{path}:row {i}", raw) for i, raw in enumerate(pq.read_table(path).to_pylist())]
-    elif path.suffix in (".jsonl", ".json"):
+    elif path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        except json.JSONDecodeError as err:
+            raise RecordError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(data, list):
+            raise RecordError(f"{path}: a .json data file must hold a list of records (use .jsonl for one per line)")
+        rows = [(f"{path}:item {i}", raw) for i, raw in enumerate(data)]
+    elif path.suffix == ".jsonl":
         rows = []
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:  # -sig: tolerate a byte-order mark
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
@@ -129,7 +139,7 @@ def load_records(path: str | Path, check_files: bool = True) -> list[Record]:
                 except json.JSONDecodeError as err:
                     raise RecordError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
     else:
-        raise RecordError(f"{path}: unsupported data file type {path.suffix!r}; use .jsonl or .parquet")
+        raise RecordError(f"{path}: unsupported data file type {path.suffix!r}; use .jsonl, .json or .parquet")
     records = [record_from_dict(raw, path.parent, where, check_files) for where, raw in rows]
     seen: dict[str, str] = {}
     for record in records:

@@ -37,8 +37,9 @@ def extract_answer(response: str) -> str | None:
     blocks = _ANSWER_BLOCK.findall(response)
     if blocks:
         block = blocks[-1]
-        boxed = last_boxed(block)
-        return boxed if boxed is not None else (block.strip() or None)
+        if "\\boxed{" in block or "\\fbox{" in block:
+            return last_boxed(block)  # None when the box was never closed: no committed answer
+        return block.strip() or None
     return last_boxed(response)
 
 

@@ -130,5 +130,6 @@ def score_all(rewards: list[Reward], rollouts: Rollouts) -> RewardBreakdown:
     outputs = {reward.name: reward(rollouts) for reward in rewards}
     total = torch.zeros(len(rollouts.completions), dtype=torch.float32)
     for reward in rewards:
-        total = total + reward.weight * outputs[reward.name].scores.float()
+        if reward.weight:  # a weight-0 reward is logged only; its abstentions must not mask the completion
+            total = total + reward.weight * outputs[reward.name].scores.float()
     return RewardBreakdown(outputs, total)

@@ -6,20 +6,20 @@ import re
 
 import torch
 
+from perception_rl.rewards.answers import last_boxed
 from perception_rl.rewards.base import Reward, RewardOutput
 from perception_rl.rollout.types import Rollouts
 
-# One think block, then one answer block holding a \boxed{}; newlines exactly where shown; no text
-# before or after (trailing whitespace aside). The negative look-aheads keep blocks from nesting.
-STRICT_FORMAT = re.compile(
-    r"<think>\n(?:(?!</?think>).)*\n</think>\n"
-    r"<answer>\n(?:(?!</?answer>).)*\\boxed\{(?:(?!</?answer>).)*\n</answer>",
-    re.DOTALL,
-)
+# One think block, then one answer block; newlines exactly where shown; no text before or after (trailing
+# whitespace aside). The look-aheads keep any think/answer tag out of both blocks, so blocks never nest.
+_NO_TAGS = r"(?:(?!</?(?:think|answer)>).)*"
+STRICT_FORMAT = re.compile(rf"<think>\n{_NO_TAGS}\n</think>\n<answer>\n({_NO_TAGS})\n</answer>", re.DOTALL)
 
 
 def follows_format(response: str) -> bool:
-    return STRICT_FORMAT.fullmatch(response.rstrip()) is not None
+    """The strict layout, with a closed `\\boxed{...}` inside the answer block."""
+    match = STRICT_FORMAT.fullmatch(response.rstrip())
+    return match is not None and last_boxed(match.group(1)) is not None
 
 
 class FormatReward(Reward):

@@ -22,7 +22,7 @@ from torchmetrics import MeanMetric
 
 from perception_rl import grpo
 from perception_rl.data.datamodule import Sample
-from perception_rl.policy import Policy, decoder_layers, vision_blocks
+from perception_rl.policy import Policy, decoder_layers, export_merged_adapters, is_peft_model, vision_blocks
 from perception_rl.rewards import AccuracyReward, FormatReward, Reward, RewardBreakdown, score_all
 from perception_rl.rollout import HFGenerateEngine, RolloutEngine, Rollouts
 
@@ -110,7 +110,8 @@ class GRPOModule(L.LightningModule):
             return
         self.processor = self.policy.load_processor()
         self.model = self.policy.load_model()
-        if self.hparams.kl_coef > 0:
+        if self.hparams.kl_coef > 0 and not is_peft_model(self.model):
+            # With adapters the reference is the same model with its adapters switched off: no copy.
             reference = self.policy.load_model().eval().requires_grad_(False)
             self._reference = [reference]
         if getattr(self, "_device_mesh", None) is not None:  # ModelParallelStrategy: FSDP2
@@ -169,7 +170,7 @@ class GRPOModule(L.LightningModule):
         n = len(rollouts)
         on_policy = hp.update_epochs == 1 and hp.num_mini_batches == 1
         old_logp = None if on_policy else self._logprobs_no_grad(rollouts, self.model)
-        ref_logp = self._logprobs_no_grad(rollouts, self._reference[0]) if self._reference else None
+        ref_logp = self._reference_logprobs(rollouts) if self.hparams.kl_coef > 0 else None
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         totals: dict[str, float] = {}
         updates = 0
@@ -239,6 +240,12 @@ class GRPOModule(L.LightningModule):
         logp = grpo.token_logprobs(logits, rollouts.completion_ids[indices].to(self.device))  # [n, L]
         entropy = grpo.entropy_from_logits(logits.detach()) if with_entropy else None
         return logp, entropy
+
+    def _reference_logprobs(self, rollouts: Rollouts) -> torch.Tensor:
+        if self._reference:
+            return self._logprobs_no_grad(rollouts, self._reference[0])
+        with self.model.disable_adapter():
+            return self._logprobs_no_grad(rollouts, self.model)
 
     @torch.no_grad()
     def _logprobs_no_grad(self, rollouts: Rollouts, model: torch.nn.Module) -> torch.Tensor:
@@ -326,7 +333,10 @@ class GRPOModule(L.LightningModule):
         if self._sharded():  # every rank takes part in the gather; rank 0 writes
             state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.trainer.is_global_zero:
-            self.model.save_pretrained(path, state_dict=state)
+            if is_peft_model(self.model):
+                export_merged_adapters(self.policy, state if state is not None else self.model.state_dict(), Path(path))
+            else:
+                self.model.save_pretrained(path, state_dict=state)
             self.processor.save_pretrained(path)
         self.trainer.strategy.barrier("export_pretrained")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from transformers import GenerationConfig
 
@@ -15,6 +17,23 @@ from perception_rl.rollout.base import (
     suppressed_token_ids,
 )
 from perception_rl.rollout.types import Rollouts
+
+
+@contextmanager
+def generation_mode(model: torch.nn.Module):
+    """eval() while generating, so the KV cache is used even when gradient checkpointing is on.
+
+    Exception: bitsandbytes 4-bit layers on CPU. In eval mode bnb 0.50 repacks their weights for CPU
+    inference and never undoes it, which breaks the next training backward; they generate in train mode.
+    """
+    cpu_4bit = any(type(m).__name__ == "Linear4bit" for m in model.modules()) and next(model.parameters()).device.type == "cpu"
+    was_training = model.training
+    if not cpu_4bit:
+        model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 class HFGenerateEngine(RolloutEngine):
@@ -39,15 +58,10 @@ class HFGenerateEngine(RolloutEngine):
             eos_token_id=stop_ids, pad_token_id=pad_id, suppress_tokens=suppressed_token_ids(processor) or None,
             repetition_penalty=1.0,
         )
-        was_training = model.training
-        model.eval()  # generation with use_cache even when gradient checkpointing is on
-        try:
-            with torch.no_grad():
-                sequences = model.generate(
-                    **{k: v.to(device) for k, v in inputs.items()}, generation_config=config, synced_gpus=synced_devices
-                )
-        finally:
-            model.train(was_training)
+        with generation_mode(model), torch.no_grad():
+            sequences = model.generate(
+                **{k: v.to(device) for k, v in inputs.items()}, generation_config=config, synced_gpus=synced_devices
+            )
         completion_ids = sequences[:, inputs["input_ids"].shape[1] :].cpu()  # [N, L]
         mask, truncated = completion_mask(completion_ids, stop_ids)
         completion_ids = completion_ids.masked_fill(mask == 0, pad_id)

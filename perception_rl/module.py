@@ -162,7 +162,9 @@ class GRPOModule(L.LightningModule):
 
     def generate(self, batch: list[Sample], greedy: bool = False) -> Rollouts:
         with self._gathered_for_generation():
-            return self.rollout.generate(self.model, self.processor, batch, greedy=greedy, synced_devices=self._sharded())
+            return self.rollout.generate(
+                self.model, self.processor, batch, greedy=greedy, synced_devices=self._needs_synced_generation()
+            )
 
     def update_policy(self, rollouts: Rollouts, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
         """Optimizer steps on one rollout batch: epochs x mini-batches, each accumulated over micro-batches."""
@@ -254,9 +256,13 @@ class GRPOModule(L.LightningModule):
 
     def _step(self, optimizer, scheduler, mask: torch.Tensor) -> float:
         """Clip, then step unless the gradient norm is non-finite (that step is skipped and counted)."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        from lightning.pytorch.strategies import FSDPStrategy
+
         max_norm = self.hparams.max_grad_norm if self.hparams.max_grad_norm is not None else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if isinstance(self.trainer.strategy, FSDPStrategy):  # FSDP1: the root knows how grads are sharded
+            norm = self.trainer.strategy.model.clip_grad_norm_(max_norm)
+        else:  # plain tensors, or FSDP2 DTensors (the norm then comes back as a DTensor)
+            norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], max_norm)
         norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         if math.isfinite(norm):
             optimizer.step()
@@ -327,11 +333,7 @@ class GRPOModule(L.LightningModule):
 
     def export_pretrained(self, path: str | Path) -> None:
         """Save the policy (full weights, gathered from shards if needed) and processor in Hugging Face format."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        state = None
-        if self._sharded():  # every rank takes part in the gather; rank 0 writes
-            state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = self._gather_full_state_dict()
         if self.trainer.is_global_zero:
             if is_peft_model(self.model):
                 export_merged_adapters(self.policy, state if state is not None else self.model.state_dict(), Path(path))
@@ -340,11 +342,31 @@ class GRPOModule(L.LightningModule):
             self.processor.save_pretrained(path)
         self.trainer.strategy.barrier("export_pretrained")
 
+    def _gather_full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full weights on CPU when sharded (every rank must call this); None when the module holds them whole."""
+        from lightning.pytorch.strategies import FSDPStrategy
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        if self._sharded():  # FSDP2: the policy itself is the sharded root
+            return get_model_state_dict(self.model, options=options)
+        if isinstance(self.trainer.strategy, FSDPStrategy):  # FSDP1 wraps the whole LightningModule
+            state = get_model_state_dict(self.trainer.strategy.model, options=options)
+            return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        return None
+
     # ----------------------------------------------------------------- sharding helpers
     def _sharded(self) -> bool:
         from torch.distributed.fsdp import FSDPModule
 
         return isinstance(self.model, FSDPModule)
+
+    def _needs_synced_generation(self) -> bool:
+        """Sharded weights are gathered in every forward, so all ranks must keep stepping together."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        fsdp1 = isinstance(self.trainer.strategy, FSDPStrategy) if self._trainer is not None else False
+        return (self._sharded() or fsdp1) and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
 
     @contextmanager
     def _gathered_for_generation(self):

@@ -102,18 +102,21 @@ def build_tokenizer(vocab_size: int = 512):
 
 def build_processor(tokenizer, min_pixels: int = 28 * 28 * 4, max_pixels: int = 28 * 28 * 64):
     """An image-only Qwen2.5-VL processor around `tokenizer` (no torchvision needed)."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    try:  # the PIL backend needs no torchvision (transformers >= 5.19)
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as ImageProcessor
+    except ImportError:
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor as ImageProcessor
 
     from perception_rl.policy import ImageOnlyQwen2_5_VLProcessor  # noqa: PLC0415
 
-    image_processor = Qwen2VLImageProcessorPil(
+    image_processor = ImageProcessor(
         min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, temporal_patch_size=2, merge_size=2
     )
     return ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def build_model(tokenizer, hidden_size: int = 64, num_layers: int = 2, seed: int = 0):
-    """A randomly initialised Qwen2.5-VL whose vocabulary covers `tokenizer`."""
+def build_model(tokenizer, hidden_size: int = 64, num_layers: int = 2, seed: int = 0, vision_hidden_size: int = 32):
+    """A randomly initialised Qwen2.5-VL whose vocabulary covers `tokenizer` (4 text heads, 2 vision heads)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     ids = tokenizer.convert_tokens_to_ids
@@ -132,7 +135,8 @@ def build_model(tokenizer, hidden_size: int = 64, num_layers: int = 2, seed: int
             pad_token_id=ids("<|endoftext|>"),
         ),
         vision_config=dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size,
+            depth=2, hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size, num_heads=2,
+            out_hidden_size=hidden_size,
             patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
         ),
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
@@ -146,12 +150,17 @@ def build_model(tokenizer, hidden_size: int = 64, num_layers: int = 2, seed: int
     return model
 
 
-def write_tiny_qwen2_5_vl(output_dir: str | Path, hidden_size: int = 64, num_layers: int = 2, seed: int = 0) -> Path:
-    """Build the tiny model, tokenizer and processor and `save_pretrained` them into `output_dir`."""
+def write_tiny_qwen2_5_vl(
+    output_dir: str | Path, hidden_size: int = 64, num_layers: int = 2, seed: int = 0, vision_hidden_size: int = 32
+) -> Path:
+    """Build the tiny model, tokenizer and processor and `save_pretrained` them into `output_dir`.
+
+    hidden_size 256 and vision_hidden_size 128 give head dims of 64 (what vLLM and flash kernels need).
+    """
     output_dir = Path(output_dir)
     staging = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
     tokenizer = build_tokenizer()
-    model = build_model(tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+    model = build_model(tokenizer, hidden_size, num_layers, seed, vision_hidden_size)
     model.save_pretrained(staging)
     build_processor(tokenizer).save_pretrained(staging)
     tokenizer.save_pretrained(staging)
@@ -167,9 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output_dir", help="folder to write the model, tokenizer and processor into")
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--vision-hidden-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    path = write_tiny_qwen2_5_vl(args.output_dir, args.hidden_size, args.num_layers, args.seed)
+    path = write_tiny_qwen2_5_vl(args.output_dir, args.hidden_size, args.num_layers, args.seed, args.vision_hidden_size)
     print(f"wrote a tiny random Qwen2.5-VL to {path}")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -20,9 +19,9 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from perception_rl import grpo
+from perception_rl import grpo, sharding
 from perception_rl.data.datamodule import Sample
-from perception_rl.policy import Policy, decoder_layers, export_merged_adapters, is_peft_model, vision_blocks
+from perception_rl.policy import Policy, export_merged_adapters, is_peft_model
 from perception_rl.rewards import AccuracyReward, FormatReward, Reward, RewardBreakdown, score_all
 from perception_rl.rollout import HFGenerateEngine, RolloutEngine, Rollouts
 
@@ -114,19 +113,15 @@ class GRPOModule(L.LightningModule):
             # With adapters the reference is the same model with its adapters switched off: no copy.
             reference = self.policy.load_model().eval().requires_grad_(False)
             self._reference = [reference]
+        self._shard()
+
+    def _shard(self) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
         if getattr(self, "_device_mesh", None) is not None:  # ModelParallelStrategy: FSDP2
-            self._shard_fsdp2()
-
-    def _shard_fsdp2(self) -> None:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        mesh = self.device_mesh["data_parallel"]
-        dtype = self.hparams.fsdp_param_dtype
-        policy = MixedPrecisionPolicy(getattr(torch, dtype), torch.float32) if dtype else MixedPrecisionPolicy()
-        # One shard group per transformer block (vision and language), then the root for the rest.
-        for block in [*vision_blocks(self.model), *decoder_layers(self.model)]:
-            fully_shard(block, mesh=mesh, mp_policy=policy)
-        fully_shard(self.model, mesh=mesh, mp_policy=policy)
+            sharding.shard_fsdp2(self.model, self.device_mesh["data_parallel"], self.hparams.fsdp_param_dtype)
+        elif self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
+            self.model = sharding.shard_fsdp1(self.model, self.trainer.strategy)
 
     def on_fit_start(self) -> None:
         for reference in self._reference:
@@ -256,14 +251,8 @@ class GRPOModule(L.LightningModule):
 
     def _step(self, optimizer, scheduler, mask: torch.Tensor) -> float:
         """Clip, then step unless the gradient norm is non-finite (that step is skipped and counted)."""
-        from lightning.pytorch.strategies import FSDPStrategy
-
         max_norm = self.hparams.max_grad_norm if self.hparams.max_grad_norm is not None else math.inf
-        if isinstance(self.trainer.strategy, FSDPStrategy):  # FSDP1: the root knows how grads are sharded
-            norm = self.trainer.strategy.model.clip_grad_norm_(max_norm)
-        else:  # plain tensors, or FSDP2 DTensors (the norm then comes back as a DTensor)
-            norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], max_norm)
-        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        norm = sharding.clip_grad_norm(self.model, max_norm)
         if math.isfinite(norm):
             optimizer.step()
             scheduler.step()
@@ -333,7 +322,7 @@ class GRPOModule(L.LightningModule):
 
     def export_pretrained(self, path: str | Path) -> None:
         """Save the policy (full weights, gathered from shards if needed) and processor in Hugging Face format."""
-        state = self._gather_full_state_dict()
+        state = sharding.full_state_dict(self.model)  # every rank takes part in the gather; rank 0 writes
         if self.trainer.is_global_zero:
             if is_peft_model(self.model):
                 export_merged_adapters(self.policy, state if state is not None else self.model.state_dict(), Path(path))
@@ -342,41 +331,11 @@ class GRPOModule(L.LightningModule):
             self.processor.save_pretrained(path)
         self.trainer.strategy.barrier("export_pretrained")
 
-    def _gather_full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Full weights on CPU when sharded (every rank must call this); None when the module holds them whole."""
-        from lightning.pytorch.strategies import FSDPStrategy
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        if self._sharded():  # FSDP2: the policy itself is the sharded root
-            return get_model_state_dict(self.model, options=options)
-        if isinstance(self.trainer.strategy, FSDPStrategy):  # FSDP1 wraps the whole LightningModule
-            state = get_model_state_dict(self.trainer.strategy.model, options=options)
-            return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-        return None
-
     # ----------------------------------------------------------------- sharding helpers
-    def _sharded(self) -> bool:
-        from torch.distributed.fsdp import FSDPModule
-
-        return isinstance(self.model, FSDPModule)
-
     def _needs_synced_generation(self) -> bool:
         """Sharded weights are gathered in every forward, so all ranks must keep stepping together."""
-        from lightning.pytorch.strategies import FSDPStrategy
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        return sharding.is_sharded(self.model) and distributed and torch.distributed.get_world_size() > 1
 
-        fsdp1 = isinstance(self.trainer.strategy, FSDPStrategy) if self._trainer is not None else False
-        return (self._sharded() or fsdp1) and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
-
-    @contextmanager
     def _gathered_for_generation(self):
-        """FSDP2: unshard the root so `generate` (which runs the vision tower outside a root forward) sees full tensors."""
-        if not self._sharded():
-            yield
-            return
-        self.model._get_fsdp_state()._lazy_init()  # private API; a first root forward would do the same
-        self.model.unshard()
-        try:
-            yield
-        finally:
-            self.model.reshard()
+        return sharding.gathered_for_generation(self.model)

@@ -1,0 +1,99 @@
+"""Sharded training helpers: FSDP2 (ModelParallelStrategy) and FSDP1 (FSDPStrategy) around the policy.
+
+In both cases the *policy* (not the LightningModule) is the sharded root, with one shard unit per vision
+and decoder block. That keeps the GRPO step's several forward/backward passes, which happen inside
+`training_step`, ordinary FSDP forwards and backwards; and `generate`, which bypasses the root's forward,
+only needs the root's own parameters gathered around it.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+
+from perception_rl.policy import decoder_layers, vision_blocks
+
+
+def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [*vision_blocks(model), *decoder_layers(model)]
+
+
+def shard_fsdp2(model: torch.nn.Module, mesh, param_dtype: Literal["bfloat16", "float16"] | None) -> None:
+    """fully_shard each block, then the root; `param_dtype` computes in low precision over fp32 master weights."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(getattr(torch, param_dtype), torch.float32) if param_dtype else MixedPrecisionPolicy()
+    for block in _blocks(model):
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+def shard_fsdp1(model: torch.nn.Module, strategy) -> torch.nn.Module:
+    """Wrap the policy in FSDP1 with the strategy's sharding and mixed precision, blocks as units.
+
+    Lightning then leaves the LightningModule unwrapped (it never wraps a module that already holds
+    FSDP units), so backward passes inside `training_step` are not nested in a root forward.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    return FullyShardedDataParallel(
+        model,
+        auto_wrap_policy=ModuleWrapPolicy({type(b) for b in _blocks(model)}),
+        sharding_strategy=strategy.sharding_strategy,
+        mixed_precision=strategy.mixed_precision_config,
+        cpu_offload=strategy.cpu_offload,
+        device_id=strategy.root_device,
+        use_orig_params=True,
+    )
+
+
+def is_fsdp1(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(model, FullyShardedDataParallel)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule) or is_fsdp1(model)
+
+
+@contextmanager
+def gathered_for_generation(model: torch.nn.Module):
+    """Gather the root's own parameters around `generate` (blocks gather themselves in their forwards)."""
+    if is_fsdp1(model):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(model, recurse=False, writeback=False):
+            yield
+    elif is_sharded(model):
+        model._get_fsdp_state()._lazy_init()  # private API; a first root forward would do the same
+        model.unshard()
+        try:
+            yield
+        finally:
+            model.reshard()
+    else:
+        yield
+
+
+def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
+    """Clip the global gradient norm across shards and return it (inf max_norm only measures)."""
+    if is_fsdp1(model):
+        norm = model.clip_grad_norm_(max_norm)
+    else:  # plain tensors, or FSDP2 DTensors (the norm then comes back as a DTensor)
+        norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """Full weights on CPU under their plain names when sharded (every rank must call); else None."""
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -21,6 +21,7 @@ from torchmetrics import MeanMetric
 
 from perception_rl import grpo, sharding
 from perception_rl.data.datamodule import Sample
+from perception_rl.eval.evaluation import BenchmarkEvaluation
 from perception_rl.policy import Policy, export_merged_adapters, is_peft_model
 from perception_rl.rewards import AccuracyReward, FormatReward, Reward, RewardBreakdown, score_all
 from perception_rl.rollout import HFGenerateEngine, RolloutEngine, Rollouts
@@ -52,6 +53,8 @@ class GRPOModule(L.LightningModule):
         export_hf_model: after fit, save the policy with `save_pretrained` to `<default_root_dir>/hf_model`.
         fsdp_param_dtype: with ModelParallelStrategy (FSDP2), compute in this dtype while keeping fp32 master
             weights and fp32 gradient reduction (bf16 mixed precision); None computes in the weights' dtype.
+        evaluation: how `perception-rl test` decodes, grades and reports (per-item rows, resume, grouped
+            accuracy, summary table); defaults to greedy decoding with rows under `<default_root_dir>/eval/`.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class GRPOModule(L.LightningModule):
         micro_batch_size: int | None = None,
         export_hf_model: bool = True,
         fsdp_param_dtype: Literal["bfloat16", "float16"] | None = None,
+        evaluation: BenchmarkEvaluation | None = None,
     ):
         super().__init__()
         if update_epochs < 1 or num_mini_batches < 1 or (micro_batch_size is not None and micro_batch_size < 1):
@@ -85,7 +89,7 @@ class GRPOModule(L.LightningModule):
             raise ValueError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
         if dual_clip is not None and dual_clip <= 1.0:
             raise ValueError(f"model.dual_clip must be > 1 (or null), got {dual_clip}")
-        self.save_hyperparameters(ignore=["policy", "rewards", "rollout"])
+        self.save_hyperparameters(ignore=["policy", "rewards", "rollout", "evaluation"])
         self.automatic_optimization = False
         self.policy = policy
         self.rewards = rewards if rewards is not None else [AccuracyReward(), FormatReward()]
@@ -99,6 +103,7 @@ class GRPOModule(L.LightningModule):
             stage: torch.nn.ModuleDict({n: MeanMetric(nan_strategy="ignore") for n in [*names, "total", "response_length"]})
             for stage in ("val", "test")
         })
+        self.evaluation = evaluation or BenchmarkEvaluation()
 
     # ----------------------------------------------------------------- setup
     def prepare_data(self) -> None:
@@ -204,8 +209,7 @@ class GRPOModule(L.LightningModule):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Clipped-surrogate loss (+ KL, - entropy) of the completions at `indices`."""
         hp = self.hparams
-        need_entropy = True  # logged every step; cheap next to the forward
-        logp, entropy = self._forward_logprobs(self.model, rollouts, indices, need_entropy)  # [n, L]
+        logp, entropy = self._forward_logprobs(self.model, rollouts, indices, with_entropy=True)  # [n, L] each
         old = logp.detach() if old_logp is None else old_logp[indices].to(logp.device)  # [n, L]
         mask = (rollouts.completion_mask[indices] * valid[indices, None]).to(logp.device)  # [n, L]
         adv = advantages[indices].to(logp.device)  # [n]
@@ -216,6 +220,12 @@ class GRPOModule(L.LightningModule):
             # How far the policy has moved from the one that sampled (0 on the on-policy first update).
             "approx_kl_to_rollout": float(grpo.masked_mean(grpo.kl_divergence(logp.detach(), old, "k3"), mask)),
         }
+        cap = self.rollout.importance_sampling_cap
+        if cap is not None and rollouts.logprobs is not None:
+            # Truncated importance weights for the engine-vs-trainer mismatch; no gradient through them.
+            weights = torch.exp(old - rollouts.logprobs[indices].to(logp.device)).clamp(max=cap).detach()  # [n, L]
+            per_token = per_token * weights
+            stats["importance_weight"] = float(grpo.masked_mean(weights, mask))
         if ref_logp is not None:
             kl = grpo.kl_divergence(logp, ref_logp[indices].to(logp.device), hp.kl_estimator)  # [n, L]
             per_token = per_token + hp.kl_coef * kl
@@ -256,6 +266,7 @@ class GRPOModule(L.LightningModule):
         if math.isfinite(norm):
             optimizer.step()
             scheduler.step()
+            self.rollout.on_weights_updated()
         else:
             self.skipped_steps += 1
         optimizer.zero_grad()
@@ -300,12 +311,33 @@ class GRPOModule(L.LightningModule):
     def validation_step(self, batch: list[Sample], batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
+    def setup(self, stage: str) -> None:
+        if stage == "test":  # before the test dataloader exists: items finished by an earlier run leave the set
+            self.evaluation.setup(self.trainer, self)
+
+    def on_test_start(self) -> None:
+        self.evaluation.start(self.trainer, self)
+
     def test_step(self, batch: list[Sample], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        if not self._sharded():  # sharded generation needs every process in every step, so it cannot skip
+            batch = self.evaluation.pending(batch)
+        if batch:
+            self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        scalars = self.evaluation.finish(self.trainer)
+        self.log_dict({f"test/benchmark/{k}": v for k, v in scalars.items()}, sync_dist=True)
 
     def _evaluate(self, batch: list[Sample], stage: str) -> None:
-        """Greedy completion per prompt, scored by every reward; means accumulate in torchmetrics."""
-        rollouts = self.generate(batch, greedy=True)
+        """One completion per prompt, scored by every reward; means accumulate in torchmetrics.
+
+        Validation decodes greedily; testing decodes as `evaluation` says and also writes one graded row per item.
+        """
+        if stage == "test":
+            with self.evaluation.decoding(self.rollout) as greedy:
+                rollouts = self.generate(batch, greedy=greedy)
+        else:
+            rollouts = self.generate(batch, greedy=True)
         breakdown = score_all(self.rewards, rollouts)
         metrics = self.eval_metrics[stage]
         for name, output in breakdown.outputs.items():
@@ -314,6 +346,8 @@ class GRPOModule(L.LightningModule):
         metrics["response_length"].update(rollouts.completion_mask.sum(-1).float())
         for name, metric in metrics.items():
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=len(batch))
+        if stage == "test":
+            self.evaluation.record(self, rollouts, breakdown)
 
     # ----------------------------------------------------------------- export
     def on_fit_end(self) -> None:

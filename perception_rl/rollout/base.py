@@ -43,6 +43,12 @@ class RolloutEngine(ABC):
         self.top_k = top_k
         self.max_prompt_length = max_prompt_length
 
+    # Engines whose log-probs may differ from the trainer's (vLLM) can correct for it; see VLLMEngine.
+    importance_sampling_cap: float | None = None
+
+    def on_weights_updated(self) -> None:
+        """Called after every optimizer step; engines holding their own copy of the weights resync."""
+
     @abstractmethod
     def generate(
         self, model: torch.nn.Module, processor, samples: list[Sample], greedy: bool = False, synced_devices: bool = False

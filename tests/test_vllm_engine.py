@@ -1,0 +1,126 @@
+"""The vLLM engine's logic that needs no live engine: sampling parameters, requests, outputs, LoRA merging,
+weight batching, the prompt-id check, and the importance-sampling correction in the loss."""
+
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from perception_rl import GRPOModule, HFGenerateEngine, Policy
+from perception_rl.data.datamodule import Sample
+from perception_rl.data.records import Record
+from perception_rl.policy import LoRA
+from perception_rl.rollout.vllm import (
+    VLLMEngine,
+    build_requests,
+    check_prompt_ids,
+    merged_lora_weights,
+    outputs_to_tensors,
+    sampling_kwargs,
+    weight_batches,
+)
+
+
+def test_sampling_kwargs_match_the_hf_engine_settings():
+    engine = VLLMEngine(num_generations=8, max_new_tokens=64, temperature=0.9, top_p=0.95, top_k=0)
+    kwargs = sampling_kwargs(engine, greedy=False, suppressed=[7, 9], seed=3)
+    assert kwargs["n"] == 8 and kwargs["temperature"] == 0.9 and kwargs["top_p"] == 0.95
+    assert kwargs["top_k"] == -1, "vLLM disables top-k with -1, not 0"
+    assert kwargs["max_tokens"] == 64 and kwargs["logprobs"] == 0 and kwargs["seed"] == 3
+    assert kwargs["logit_bias"] == {7: -100.0, 9: -100.0}
+    greedy = sampling_kwargs(engine, greedy=True, suppressed=[], seed=None)
+    assert greedy["n"] == 1 and greedy["temperature"] == 0.0 and greedy["logit_bias"] is None
+
+
+def test_requests_carry_images_as_multimodal_data():
+    record = Record(id="a", problem="p", answer="1", images=[])
+    one, two = Image.new("RGB", (28, 28)), Image.new("RGB", (56, 28))
+    samples = [Sample(record, [one], []), Sample(record, [one, two], []), Sample(record, [], [])]
+    requests = build_requests(["p0", "p1", "p2"], samples)
+    assert requests[0] == {"prompt": "p0", "multi_modal_data": {"image": one}}
+    assert requests[1]["multi_modal_data"]["image"] == [one, two]
+    assert requests[2] == {"prompt": "p2"}
+
+
+def _completion(tokens, finish, logprob=-0.5, text="t"):
+    steps = [{t: SimpleNamespace(logprob=logprob)} for t in tokens]
+    return SimpleNamespace(token_ids=tokens, logprobs=steps, finish_reason=finish, text=text)
+
+
+def test_outputs_become_padded_tensors_in_group_order():
+    outputs = [
+        SimpleNamespace(outputs=[_completion([5, 6, 2], "stop"), _completion([5], "stop")]),
+        SimpleNamespace(outputs=[_completion([8, 8, 8, 8], "length", -1.0), _completion([9, 2], "stop")]),
+    ]
+    ids, mask, truncated, logprobs, texts = outputs_to_tensors(outputs, pad_id=0)
+    assert ids.tolist() == [[5, 6, 2, 0], [5, 0, 0, 0], [8, 8, 8, 8], [9, 2, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]]
+    assert truncated.tolist() == [False, False, True, False]
+    assert logprobs[2].tolist() == [-1.0] * 4 and logprobs[1].tolist() == [-0.5, 0.0, 0.0, 0.0]
+    assert len(texts) == 4
+
+
+def test_weight_batches_respect_the_byte_limit():
+    items = [(f"w{i}", torch.zeros(n, dtype=torch.float32)) for i, n in enumerate([10, 10, 30, 5, 100])]
+    batches = list(weight_batches(items, max_bytes=80))  # 4 bytes per float
+    assert [[name for name, _ in b] for b in batches] == [["w0", "w1"], ["w2"], ["w3"], ["w4"]]
+    assert sum(len(b) for b in batches) == len(items), "nothing dropped; an oversized tensor travels alone"
+
+
+def test_merged_lora_weights_equal_peft_merge(tiny_model_dir):
+    model = Policy(str(tiny_model_dir), lora=LoRA(rank=4, alpha=8)).load_model()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()  # B starts at zero; make the merge non-trivial
+    merged = dict(merged_lora_weights(model))
+    reference = model.merge_and_unload().state_dict()
+    assert merged.keys() == reference.keys()
+    assert all(torch.allclose(merged[k], reference[k], atol=1e-5) for k in merged)
+    assert not any("lora_" in k or "base_layer" in k for k in merged)
+
+
+def test_prompt_id_check_names_the_record():
+    inputs = {"input_ids": torch.tensor([[0, 4, 5]]), "attention_mask": torch.tensor([[0, 1, 1]])}
+    sample = Sample(Record(id="a", problem="p", answer="1", images=[], source="train.jsonl:7"), [], [])
+    check_prompt_ids([SimpleNamespace(prompt_token_ids=[4, 5])], inputs, [sample])
+    with pytest.raises(RuntimeError, match="train.jsonl:7: vLLM's prompt token ids differ"):
+        check_prompt_ids([SimpleNamespace(prompt_token_ids=[4, 5, 6])], inputs, [sample])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_missing_vllm_is_a_clear_error(tiny_model_dir):
+    engine = VLLMEngine()
+    policy = Policy(str(tiny_model_dir))
+    record = Record(id="a", problem="p", answer="1", images=[])
+    from perception_rl.data.prompts import user_message
+
+    with pytest.raises(ImportError, match="perception-rl\\[vllm\\]"):
+        engine.generate(policy.load_model(), policy.load_processor(), [Sample(record, [], [user_message(record, "", 0)])])
+
+
+def test_importance_weights_scale_the_loss(tiny_model_dir, shapes_dir):
+    from perception_rl.data import RecordDataModule
+
+    module = GRPOModule(Policy(str(tiny_model_dir), max_pixels=12544), rollout=HFGenerateEngine(num_generations=2, max_new_tokens=6))
+    module.configure_model()
+    data = RecordDataModule(str(shapes_dir / "train.jsonl"), batch_size=2, shuffle=False, max_pixels=12544)
+    data.setup("fit")
+    rollouts = module.generate(next(iter(data.train_dataloader())))
+    idx, adv = torch.arange(len(rollouts)), torch.tensor([1.0, -1.0, 0.5, -0.5])
+    valid = torch.ones(len(rollouts), dtype=torch.bool)
+    plain, _ = module.policy_loss(rollouts, idx, adv, valid, None, None)
+    with torch.no_grad():
+        trainer_logp, _ = module._forward_logprobs(module.model, rollouts, idx)
+    rollouts.logprobs = trainer_logp - 0.5  # the engine thought every token 0.5 nats less likely
+    module.rollout.importance_sampling_cap = 2.0
+    weighted, stats = module.policy_loss(rollouts, idx, adv, valid, None, None)
+    assert stats["importance_weight"] == pytest.approx(torch.exp(torch.tensor(0.5)).item(), rel=1e-4)
+    assert weighted.item() == pytest.approx(plain.item() * torch.exp(torch.tensor(0.5)).item(), rel=1e-4)
+    module.rollout.importance_sampling_cap = 1.2  # truncated at the cap
+    capped, stats = module.policy_loss(rollouts, idx, adv, valid, None, None)
+    assert stats["importance_weight"] == pytest.approx(1.2)

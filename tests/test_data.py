@@ -69,7 +69,9 @@ def test_jsonl_with_relative_image_paths(tmp_path):
             {"id": "b", "problem": "Find y.", "answer": "0.5", "images": "img/a.png"},
         ],
     )
-    first, second = load_records(path)
+    with pytest.raises(RecordError, match=r"train\.jsonl:1: field 'images\[1\]': .* points outside the data folder"):
+        load_records(path)  # confined to the data folder unless allowed
+    first, second = load_records(path, images_outside_data_dir=True)
     assert first.id == "7" and first.answer == "3"  # numbers become strings
     assert first.images == [str(image), str(other)]  # relative to the data file; absolute kept
     assert first.choices == ["1", "2"]
@@ -425,10 +427,10 @@ def test_dev_set_rows_load_as_records(tmp_path):
     rows = _dev_rows()
     # JSONL with absolute paths into the shared folder (nothing is copied)
     path = write_jsonl(tmp_path / "dev.jsonl", [_to_record(r, str(DEV_DIR / r["image"])) for r in rows])
-    records = load_records(path)
+    records = load_records(path, images_outside_data_dir=True)
     assert [r.id for r in records] == DEV_IDS
     assert records[0].choices == ["30", "40", "60", "80"] and records[0].answer == "D"
-    dm = RecordDataModule(train_files=str(path), batch_size=len(rows), shuffle=False)
+    dm = RecordDataModule(train_files=str(path), batch_size=len(rows), shuffle=False, images_outside_data_dir=True)
     dm.setup("fit")
     (batch,) = list(dm.train_dataloader())
     for sample, row in zip(batch, rows):

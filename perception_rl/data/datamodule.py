@@ -6,15 +6,19 @@ engine with the policy's processor, so the data side needs no model and the proc
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from perception_rl.data.images import load_image
 from perception_rl.data.prompts import DEFAULT_FORMAT_INSTRUCTION, user_message
-from perception_rl.data.records import Record, load_records
+from perception_rl.data.records import Record, Skip, load_records_with_skips
 
 
 @dataclass
@@ -66,6 +70,12 @@ class RecordDataModule(L.LightningDataModule):
         min_pixels: images smaller than this area are scaled up (aspect kept).
         max_pixels: images larger than this area are scaled down (aspect kept).
         shuffle: shuffle the training set each epoch.
+        invalid_records: "error" stops at the first invalid record (file, line and field named); "skip" leaves
+            invalid records out, counts them and writes them with their reasons to
+            `<default_root_dir>/skipped_records.jsonl`.
+        check_images: decode every image once while loading, so a corrupt or truncated image is found
+            before training rather than in the middle of it.
+        images_outside_data_dir: allow image paths that lead outside the data file's folder.
     """
 
     def __init__(
@@ -80,6 +90,9 @@ class RecordDataModule(L.LightningDataModule):
         min_pixels: int = 3136,
         max_pixels: int = 1806336,
         shuffle: bool = True,
+        invalid_records: Literal["error", "skip"] = "error",
+        check_images: bool = True,
+        images_outside_data_dir: bool = False,
     ):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -96,7 +109,11 @@ class RecordDataModule(L.LightningDataModule):
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels
         self.shuffle = shuffle
+        self.invalid_records = invalid_records
+        self.check_images = check_images
+        self.images_outside_data_dir = images_outside_data_dir
         self.datasets: dict[str, RecordDataset] = {}
+        self.skipped: list[Skip] = []
 
     def setup(self, stage: str) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
@@ -105,8 +122,43 @@ class RecordDataModule(L.LightningDataModule):
             if split == "train" and not files:
                 raise ValueError("data.train_files: give at least one record file to fit on")
             if files and split not in self.datasets:
-                records = [r for f in files for r in load_records(f)]
-                self.datasets[split] = RecordDataset(records, self.format_instruction, self.min_pixels, self.max_pixels)
+                self.datasets[split] = RecordDataset(
+                    self._load(files), self.format_instruction, self.min_pixels, self.max_pixels
+                )
+        self._report_skips()
+
+    def _load(self, files: list[str]) -> list[Record]:
+        """Records of all files, validated (images decoded when check_images); invalid ones raise or are skipped."""
+        skip = self.invalid_records == "skip"
+        records: list[Record] = []
+        for file in files:
+            loaded, skips = load_records_with_skips(file, True, self.images_outside_data_dir, skip_invalid=skip)
+            self.skipped.extend(skips)
+            records.extend(loaded)
+        if self.check_images:
+            records = [r for r in records if self._images_readable(r, skip)]
+        return records
+
+    def _images_readable(self, record: Record, skip: bool) -> bool:
+        try:
+            for source in record.images:
+                load_image(source, self.min_pixels, self.max_pixels, record.source)
+        except ValueError as err:
+            if not skip:
+                raise
+            self.skipped.append(Skip(record.source, str(err).removeprefix(f"{record.source}: ")))
+            return False
+        return True
+
+    def _report_skips(self) -> None:
+        if not self.skipped:
+            return
+        rank_zero_warn(f"data: skipped {len(self.skipped)} invalid records (invalid_records=skip); first: "
+                       f"{self.skipped[0].where}: {self.skipped[0].reason}")
+        if self.trainer is not None and self.trainer.is_global_zero:
+            report = Path(self.trainer.default_root_dir) / "skipped_records.jsonl"
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text("".join(json.dumps({"where": s.where, "reason": s.reason}) + "\n" for s in self.skipped))
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         if split not in self.datasets:

@@ -25,7 +25,7 @@ def load_image(source: str | bytes, min_pixels: int, max_pixels: int, where: str
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         image.load()
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, Image.DecompressionBombError) as err:  # missing, corrupt, truncated, or a bomb
         label = "image bytes" if isinstance(source, bytes) else source
         raise ValueError(f"{where}: cannot read image {label}: {err}") from err
     return resize_to_pixel_bounds(to_rgb(image), min_pixels, max_pixels)
@@ -33,8 +33,20 @@ def load_image(source: str | bytes, min_pixels: int, max_pixels: int, where: str
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB, with transparent pixels composited onto white (diagrams often have transparent backgrounds)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: plain convert() would clip to white
+        image = _to_8bit(image)
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Scale a high-bit-depth grey image to 8 bits by its bit depth (not by its own range, which would
+    stretch a faint image's contrast)."""
+    import numpy as np
+
+    values = np.asarray(image, dtype=np.float64)
+    full_scale = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+    return Image.fromarray(np.clip(values / full_scale * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")

@@ -58,7 +58,7 @@ def parse_annotations(value: Any, where: str) -> list[str] | None:
     raise RecordError(f"{where}: field 'annotations' must be a list of strings or a tagged string, got {type(value).__name__}")
 
 
-def _images(value: Any, base: Path, where: str, check_files: bool) -> list[str | bytes]:
+def _images(value: Any, base: Path, where: str, check_files: bool, confine_to: Path | None) -> list[str | bytes]:
     if isinstance(value, (str, bytes, dict)):
         value = [value]
     if not isinstance(value, list):
@@ -71,6 +71,11 @@ def _images(value: Any, base: Path, where: str, check_files: bool) -> list[str |
             images.append(bytes(item))
         elif isinstance(item, str) and item:
             path = Path(item) if Path(item).is_absolute() else base / item
+            if confine_to is not None and not path.resolve().is_relative_to(confine_to.resolve()):
+                raise RecordError(
+                    f"{where}: field 'images[{k}]': {item!r} points outside the data folder {confine_to}; "
+                    "set data.images_outside_data_dir=true to allow it"
+                )
             if check_files and not path.is_file():
                 raise RecordError(f"{where}: field 'images[{k}]': file not found: {path}")
             images.append(str(path))
@@ -79,8 +84,13 @@ def _images(value: Any, base: Path, where: str, check_files: bool) -> list[str |
     return images
 
 
-def record_from_dict(raw: Any, base: Path, where: str, check_files: bool = True) -> Record:
-    """Validate one raw record; `where` ("file:line") prefixes every error."""
+def record_from_dict(
+    raw: Any, base: Path, where: str, check_files: bool = True, confine_to: Path | None = None
+) -> Record:
+    """Validate one raw record; `where` ("file:line") prefixes every error.
+
+    Relative image paths resolve against `base`; with `confine_to`, a path leading outside it is an error.
+    """
     if not isinstance(raw, dict):
         raise RecordError(f"{where}: a record must be a JSON object, got {type(raw).__name__}")
     for key in ("id", "problem", "answer"):
@@ -102,7 +112,7 @@ def record_from_dict(raw: Any, base: Path, where: str, check_files: bool = True)
         id=str(raw["id"]),
         problem=raw["problem"],
         answer=str(raw["answer"]),
-        images=_images(raw.get("images") or [], base, where, check_files),
+        images=_images(raw.get("images") or [], base, where, check_files, confine_to),
         choices=[str(c) for c in choices] if choices else None,
         annotations=parse_annotations(raw.get("annotations"), where),
         metadata=metadata,
@@ -111,41 +121,80 @@ def record_from_dict(raw: Any, base: Path, where: str, check_files: bool = True)
     )
 
 
-def load_records(path: str | Path, check_files: bool = True) -> list[Record]:
-    """Read and validate every record of a .jsonl/.json-lines or .parquet file. Duplicate ids are an error."""
+@dataclass
+class Skip:
+    """A record left out (only when the user asked for skipping), and why."""
+
+    where: str
+    reason: str
+
+
+def load_records(path: str | Path, check_files: bool = True, images_outside_data_dir: bool = False) -> list[Record]:
+    """Read and validate every record of a .jsonl, .json (list) or .parquet file; the first invalid one raises."""
+    records, _ = load_records_with_skips(path, check_files, images_outside_data_dir, skip_invalid=False)
+    return records
+
+
+def load_records_with_skips(
+    path: str | Path, check_files: bool = True, images_outside_data_dir: bool = False, skip_invalid: bool = True
+) -> tuple[list[Record], list[Skip]]:
+    """Like `load_records`, but invalid records (and later duplicates of an id) are skipped and reported."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
+    confine_to = None if images_outside_data_dir else path.parent
+    records: list[Record] = []
+    skips: list[Skip] = []
+    seen: dict[str, str] = {}
+    for where, raw in _raw_rows(path, skips if skip_invalid else None):
+        try:
+            record = record_from_dict(raw, path.parent, where, check_files, confine_to)
+            if record.id in seen:
+                raise RecordError(f"{where}: field 'id': duplicate id {record.id!r} (first at {seen[record.id]})")
+        except RecordError as err:
+            if not skip_invalid:
+                raise
+            skips.append(Skip(where, str(err).removeprefix(f"{where}: ")))
+            continue
+        seen[record.id] = where
+        records.append(record)
+    if not records:
+        raise RecordError(f"{path}: holds no records" + (f" it can use ({len(skips)} skipped)" if skips else ""))
+    return records, skips
+
+
+def _raw_rows(path: Path, skips: list[Skip] | None):
+    """(location, raw object) pairs; unreadable lines raise, or are recorded in `skips` when given."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        rows = [(f"{path}:row {i}", raw) for i, raw in enumerate(pq.read_table(path).to_pylist())]
+        yield from ((f"{path}:row {i}", raw) for i, raw in enumerate(pq.read_table(path).to_pylist()))
     elif path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
+            data = json.loads(path.read_bytes().decode("utf-8-sig"))
+        except UnicodeDecodeError as err:
+            raise RecordError(f"{path}: not UTF-8 text (byte {err.start})") from None
         except json.JSONDecodeError as err:
             raise RecordError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
         if not isinstance(data, list):
             raise RecordError(f"{path}: a .json data file must hold a list of records (use .jsonl for one per line)")
-        rows = [(f"{path}:item {i}", raw) for i, raw in enumerate(data)]
+        yield from ((f"{path}:item {i}", raw) for i, raw in enumerate(data))
     elif path.suffix == ".jsonl":
-        rows = []
-        with path.open(encoding="utf-8-sig") as handle:  # -sig: tolerate a byte-order mark
+        with path.open("rb") as handle:
             for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
+                where = f"{path}:{number}"
                 try:
-                    rows.append((f"{path}:{number}", json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise RecordError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
+                    text = line.decode("utf-8-sig" if number == 1 else "utf-8")  # -sig: tolerate a byte-order mark
+                    if not text.strip():
+                        continue
+                    yield where, json.loads(text)
+                except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                    reason = (
+                        f"not UTF-8 text (byte {err.start})" if isinstance(err, UnicodeDecodeError)
+                        else f"not valid JSON ({err.msg} at column {err.colno})"
+                    )
+                    if skips is None:
+                        raise RecordError(f"{where}: {reason}") from None
+                    skips.append(Skip(where, reason))
     else:
         raise RecordError(f"{path}: unsupported data file type {path.suffix!r}; use .jsonl, .json or .parquet")
-    records = [record_from_dict(raw, path.parent, where, check_files) for where, raw in rows]
-    seen: dict[str, str] = {}
-    for record in records:
-        if record.id in seen:
-            raise RecordError(f"{record.source}: field 'id': duplicate id {record.id!r} (first at {seen[record.id]})")
-        seen[record.id] = record.source
-    if not records:
-        raise RecordError(f"{path}: holds no records")
-    return records

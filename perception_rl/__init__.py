@@ -4,23 +4,27 @@ The names below are the public surface; YAML configs may use them as short `clas
 """
 
 from perception_rl.data import RecordDataModule, ShapesDataModule
+from perception_rl.eval import AnswerJudge, BenchmarkDataModule, BenchmarkEvaluation
+from perception_rl.judge import Judge, JudgeRequest, JudgeVerdict, LocalJudge, OpenAIJudge, RuleJudge
 from perception_rl.module import GRPOModule
-from perception_rl.policy import Policy
+from perception_rl.policy import LoRA, Policy
 from perception_rl.rewards import (
     AccuracyReward,
     FormatReward,
     FunctionReward,
+    PerceptionReward,
     RepetitionPenalty,
     Reward,
     RewardOutput,
 )
-from perception_rl.rollout import HFGenerateEngine, RolloutEngine, Rollouts
+from perception_rl.rollout import HFGenerateEngine, RolloutEngine, Rollouts, VLLMEngine
 from perception_rl.tiny import TinyRandomPolicy
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AccuracyReward", "FormatReward", "FunctionReward", "GRPOModule", "HFGenerateEngine", "Policy",
-    "RecordDataModule", "RepetitionPenalty", "Reward", "RewardOutput", "RolloutEngine", "Rollouts",
-    "ShapesDataModule", "TinyRandomPolicy",
+    "AccuracyReward", "AnswerJudge", "BenchmarkDataModule", "BenchmarkEvaluation", "FormatReward", "FunctionReward",
+    "GRPOModule", "HFGenerateEngine", "Judge", "JudgeRequest", "JudgeVerdict", "LoRA", "LocalJudge", "OpenAIJudge",
+    "PerceptionReward", "Policy", "RecordDataModule", "RepetitionPenalty", "Reward", "RewardOutput",
+    "RolloutEngine", "Rollouts", "RuleJudge", "ShapesDataModule", "TinyRandomPolicy", "VLLMEngine",
 ]

@@ -4,6 +4,8 @@
     perception-rl test --config <run>/logs/version_0/config.yaml --ckpt_path <run>/logs/version_0/checkpoints/last.ckpt
     perception-rl make-tiny-model DIR       # a tiny random Qwen2.5-VL, offline
     perception-rl make-demo-data DIR        # the synthetic shapes task
+    perception-rl judge --config C --input PAIRS.jsonl   # audit a judge on (annotations, response) pairs
+    perception-rl compare A.jsonl B.jsonl --key correct [--by FIELD]   # exact McNemar test of two evaluations
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from perception_rl.module import GRPOModule
 TOOLS_HELP = """other commands:
   make-tiny-model DIR   write a tiny random Qwen2.5-VL (model, tokenizer, processor) to DIR, offline
   make-demo-data DIR    write the synthetic shapes task (train/val/test JSONL + images) to DIR
+  judge --config C --input PAIRS.jsonl
+                        score (annotations, response) pairs with a configured judge; per-item verdicts + summary
+  compare A.jsonl B.jsonl [--key correct] [--by FIELD]
+                        pair two evaluations' rows by id: 2x2 table, discordant b and c, exact McNemar p
 """
 
 
@@ -39,9 +45,11 @@ class PerceptionRLCLI(LightningCLI):
 
 def _tools() -> dict[str, Callable[[list[str]], None]]:
     from perception_rl.data.synthetic import main as make_demo_data
+    from perception_rl.eval.compare import main as compare
+    from perception_rl.judge.cli import main as judge
     from perception_rl.tiny import main as make_tiny_model
 
-    return {"make-tiny-model": make_tiny_model, "make-demo-data": make_demo_data}
+    return {"make-tiny-model": make_tiny_model, "make-demo-data": make_demo_data, "judge": judge, "compare": compare}
 
 
 def main(args: list[str] | None = None) -> None:

@@ -319,8 +319,9 @@ class GRPOModule(L.LightningModule):
         self.evaluation.start(self.trainer, self)
 
     def test_step(self, batch: list[Sample], batch_idx: int) -> None:
-        if not self._sharded():  # sharded generation needs every process in every step, so it cannot skip
-            batch = self.evaluation.pending(batch)
+        # Items done by an earlier run or repeated by the sampler are not generated, unless generation is
+        # sharded (then every process must take part in every step) and only their rows are left out.
+        batch = self.evaluation.admit(batch, can_skip=not self._needs_synced_generation())
         if batch:
             self._evaluate(batch, "test")
 
@@ -341,7 +342,7 @@ class GRPOModule(L.LightningModule):
         breakdown = score_all(self.rewards, rollouts)
         metrics = self.eval_metrics[stage]
         for name, output in breakdown.outputs.items():
-            metrics[name].update(output.scores)
+            metrics[name].update(output.logged_scores())  # e.g. the visual reward leaves unannotated problems out
         metrics["total"].update(breakdown.total)
         metrics["response_length"].update(rollouts.completion_mask.sum(-1).float())
         for name, metric in metrics.items():

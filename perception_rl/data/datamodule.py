@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from perception_rl.data.images import load_image
+from perception_rl.data.loader import EpochShuffleSampler, ResumableDataLoader, default_seed
 from perception_rl.data.prompts import DEFAULT_FORMAT_INSTRUCTION, user_message
 from perception_rl.data.records import Record, Skip, load_records_with_skips
 
@@ -169,7 +170,14 @@ class RecordDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, self.shuffle)
+        """Shuffled by (seed, epoch) and resumable mid-epoch (see `perception_rl.data.loader`)."""
+        if "train" not in self.datasets:
+            raise ValueError("data.train_files: no train files were given")
+        dataset = self.datasets["train"]
+        return ResumableDataLoader(
+            dataset, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(dataset), self.shuffle, default_seed()),
+            num_workers=self.num_workers, collate_fn=collate_samples, persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val", self.eval_batch_size, False) if "val" in self.datasets else []

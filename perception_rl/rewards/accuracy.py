@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from perception_rl.rewards.answers import extract_answer, is_correct
+from perception_rl.rewards.answers import grade
 from perception_rl.rewards.base import Reward, RewardOutput
 from perception_rl.rollout.types import Rollouts
 
@@ -26,7 +26,7 @@ class AccuracyReward(Reward):
         scores, answered = [], 0
         for i, completion in enumerate(rollouts.completions):
             record = rollouts.record_of(i)
-            predicted = extract_answer(completion)
-            answered += predicted is not None
-            scores.append(float(is_correct(predicted, record.answer, record.choices)))
+            result = grade(completion, record.answer, record.choices, record.metadata.get("precision"))
+            answered += result.extracted is not None
+            scores.append(float(result.correct))
         return RewardOutput(torch.tensor(scores), counters={"answered_fraction": answered / max(len(scores), 1)})

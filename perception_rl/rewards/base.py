@@ -20,23 +20,38 @@ from perception_rl.rollout.types import Rollouts
 
 @dataclass
 class RewardOutput:
-    """Per-completion scores ([N], NaN = abstained), optional sub-scores ([N] each) and counters."""
+    """Per-completion scores ([N], NaN = abstained), optional sub-scores ([N] each) and counters.
+
+    `logged` ([N] bool, optional) marks the completions that count in the logged means; e.g. the perception
+    reward scores problems without annotations 0 but leaves them out of its metric. None: all count.
+    """
 
     scores: torch.Tensor
     sub_scores: dict[str, torch.Tensor] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)
+    logged: torch.Tensor | None = None
+
+    def logged_scores(self) -> torch.Tensor:
+        """Scores with NaN where a completion does not count in the metric (for evaluation means)."""
+        return self._metric_view(self.scores)
 
     def log(self, prefix: str) -> dict[str, float]:
         """Scalars to log: the mean score over completions that got one, sub-score means, counters."""
-        out = {f"{prefix}/mean": _nanmean(self.scores)}
+        out = {f"{prefix}/mean": _nanmean(self._metric_view(self.scores))}
         abstained = int(torch.isnan(self.scores).sum())
         if abstained:
             out[f"{prefix}/abstained"] = float(abstained)
         for name, values in self.sub_scores.items():
-            out[f"{prefix}/{name}"] = _nanmean(values)
+            out[f"{prefix}/{name}"] = _nanmean(self._metric_view(values))
         for name, value in self.counters.items():
             out[f"{prefix}/{name}"] = float(value)
         return out
+
+    def _metric_view(self, values: torch.Tensor) -> torch.Tensor:
+        if self.logged is None:
+            return values
+        nan = torch.full_like(values, math.nan, dtype=torch.float32)
+        return torch.where(self.logged.to(torch.bool), values.float(), nan)
 
 
 def _nanmean(values: torch.Tensor) -> float:
@@ -61,6 +76,15 @@ class Reward(ABC):
     @abstractmethod
     def score(self, rollouts: Rollouts) -> RewardOutput:
         """Return one score per completion, in `rollouts.completions` order."""
+
+    def start(self, rollouts: Rollouts) -> bool:
+        """Optionally begin slow work (remote requests) for `rollouts` before any reward is scored.
+
+        `score_all` calls this on every reward first, scores the rewards that returned False, then those that
+        returned True; so a judge's requests are in flight while the rule-based rewards run in the main thread.
+        Return True when work was started; `score` must then collect it. The default starts nothing.
+        """
+        return False
 
     def __call__(self, rollouts: Rollouts) -> RewardOutput:
         output = self.score(rollouts)
@@ -123,11 +147,16 @@ class RewardBreakdown:
 
 
 def score_all(rewards: list[Reward], rollouts: Rollouts) -> RewardBreakdown:
-    """Run every reward and sum `weight * score` per completion."""
+    """Run every reward and sum `weight * score` per completion.
+
+    Rewards that start background work (`Reward.start`) are scored last, so their work overlaps the others.
+    """
     names = [r.name for r in rewards]
     if len(set(names)) != len(names):
         raise ValueError(f"reward names must be unique (they key the logs), got {names}; set `name:` on duplicates")
-    outputs = {reward.name: reward(rollouts) for reward in rewards}
+    started = {reward.name: bool(reward.start(rollouts)) for reward in rewards}
+    scored = {reward.name: reward(rollouts) for reward in sorted(rewards, key=lambda r: started[r.name])}
+    outputs = {name: scored[name] for name in names}
     total = torch.zeros(len(rollouts.completions), dtype=torch.float32)
     for reward in rewards:
         if reward.weight:  # a weight-0 reward is logged only; its abstentions must not mask the completion

@@ -1,0 +1,72 @@
+"""Neutralise policy responses before a judge reads them (reward-hacking defence).
+
+A policy optimised against a judge learns whatever raises its score. Three cheap tricks are closed here,
+before the response reaches the judge: writing the judge's own verdict tags (so a careless judge or
+parser picks them up), forging chat-template turns or the prompt's delimiters (to end the response early
+and speak as the system), and addressing the judge ("ignore the instructions", "verdict: all present").
+Whatever matches (a tag, a token, a whole sentence) is replaced by "[removed]". This can only remove text,
+so it never raises a score; the patterns are narrow so that ordinary solutions (LaTeX, <think>/<answer>
+blocks) pass unchanged. The second line of defence is elsewhere: only the judge's reply is parsed, never
+the response.
+"""
+
+from __future__ import annotations
+
+import re
+
+REMOVED = "[removed]"
+# Invisible characters can split a keyword ("ver\u200bdict") so that a pattern misses it; they carry no content.
+_INVISIBLE = re.compile("[\u200b-\u200f\u2060-\u2064\ufeff\u00ad]")
+# Tags that judges answer with (ours, the authors', common variants), also full-width or HTML-escaped.
+_TAG_NAMES = r"verdicts?|info|facts?|items?|scores?|judge?ments?|keys?|labels?|results?"
+_OPEN, _CLOSE = r"(?:<|＜|&lt;)", r"(?:>|＞|&gt;)"
+# Chat-template control tokens of common model families.
+_CONTROL_TOKENS = re.compile(r"<\|[^|<>\n]{1,40}\|>|\[/?INST\]|<</?SYS>>|<start_of_turn>|<end_of_turn>|</?s>")
+# Sentences that speak to the judge rather than solve the problem ("^" anchors at a sentence start).
+_JUDGE = r"(?:judge|grader|evaluator|auditor|reviewer|checker)"
+_ADDRESSING = [
+    r"\b(?:ignore|disregard|forget|override)\b[^\n]{0,60}"
+    r"\b(?:instructions?|rules?|prompts?|above|previous|prior|earlier)\b",
+    rf"\b(?:note|message|instructions?|hint)s?\s+(?:to|for)\s+(?:the\s+)?(?:{_JUDGE}|assistant|ai|model)\b",
+    rf"^\W*(?:dear\s+)?{_JUDGE}\b\s*[:,]",
+    r"\b(?:final\s+|official\s+)?(?:verdicts?|judge?ments?|grading|evaluation|assessment)\s*[:=]",
+    r"\b(?:all|every|each)\s+(?:of\s+the\s+)?(?:key\s+)?(?:facts?|items?|annotations?|points?)\s+"
+    r"(?:are\s+|is\s+|were\s+)?(?:present|stated|satisfied|covered|mentioned|correct)\b",
+    r"\b(?:output|respond|reply|return|print)\s+(?:with\s+)?(?:only\s+)?(?:1|one|ones|all\s+ones|<|&lt;)",
+    r"^\W*(?:system|assistant|user|developer)\s*:",
+    r"^\s*#{2,}\s*(?:system|instruction|assistant|response|judge)",
+]
+_ADDRESSING_SENTENCE = re.compile("|".join(f"(?:{p})" for p in _ADDRESSING), re.IGNORECASE)
+# Sentence ends (not decimal points) and line breaks: the unit that is removed when it addresses the judge.
+_SENTENCE = re.compile(r"((?<=[.!?])\s+|\n)")
+
+
+def _tag_pattern(extra_tags: tuple[str, ...]) -> re.Pattern:
+    names = "|".join([_TAG_NAMES, *map(re.escape, extra_tags)])
+    return re.compile(rf"{_OPEN}\s*/?\s*(?:{names})\s*_?\d*\s*/?\s*{_CLOSE}", re.IGNORECASE)
+
+
+class Neutraliser:
+    """Removes verdict tags, forged turns, the prompt's delimiters and lines addressed to the judge.
+
+    Args:
+        tags: tag names to remove besides the built-in ones (the template's verdict tag).
+        delimiters: literal strings the prompt puts around the response.
+    """
+
+    def __init__(self, tags: tuple[str, ...] = (), delimiters: tuple[str, ...] = ()):
+        self._tags = _tag_pattern(tuple(tags))
+        self._delimiters = [re.compile(re.escape(d), re.IGNORECASE) for d in delimiters if d.strip()]
+
+    def __call__(self, response: str) -> tuple[str, int]:
+        """The cleaned response and how many pieces were removed (0: unchanged)."""
+        text, removed = _INVISIBLE.sub("", response), 0
+        for pattern in (self._tags, _CONTROL_TOKENS, *self._delimiters):
+            text, count = pattern.subn(REMOVED, text)
+            removed += count
+        pieces = _SENTENCE.split(text)  # sentences, separators kept at odd positions
+        for k in range(0, len(pieces), 2):
+            if _ADDRESSING_SENTENCE.search(pieces[k]):
+                pieces[k] = REMOVED
+                removed += 1
+        return ("".join(pieces) if removed else response), removed

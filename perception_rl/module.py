@@ -20,6 +20,8 @@ import torch
 from torchmetrics import MeanMetric
 
 from perception_rl import grpo, sharding
+from perception_rl.preflight import run_preflight
+from perception_rl.rng import capture_rng_state, restore_rng_state
 from perception_rl.data.datamodule import Sample
 from perception_rl.eval.evaluation import BenchmarkEvaluation
 from perception_rl.policy import Policy, export_merged_adapters, is_peft_model
@@ -55,6 +57,8 @@ class GRPOModule(L.LightningModule):
             weights and fp32 gradient reduction (bf16 mixed precision); None computes in the weights' dtype.
         evaluation: how `perception-rl test` decodes, grades and reports (per-item rows, resume, grouped
             accuracy, summary table); defaults to greedy decoding with rows under `<default_root_dir>/eval/`.
+        preflight: before the first step, check image placeholders against image features, special-token
+            ids, padding side and annotations (see `perception_rl.preflight`).
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class GRPOModule(L.LightningModule):
         export_hf_model: bool = True,
         fsdp_param_dtype: Literal["bfloat16", "float16"] | None = None,
         evaluation: BenchmarkEvaluation | None = None,
+        preflight: bool = True,
     ):
         super().__init__()
         if update_epochs < 1 or num_mini_batches < 1 or (micro_batch_size is not None and micro_batch_size < 1):
@@ -98,6 +103,7 @@ class GRPOModule(L.LightningModule):
         self.processor = None
         self._reference: list[torch.nn.Module] = []  # a list keeps it out of state_dict and checkpoints
         self.skipped_steps = 0
+        self._rng_to_restore: dict | None = None  # set by a resume, applied right before the next step
         names = [r.name for r in self.rewards]
         self.eval_metrics = torch.nn.ModuleDict({
             stage: torch.nn.ModuleDict({n: MeanMetric(nan_strategy="ignore") for n in [*names, "total", "response_length"]})
@@ -131,6 +137,44 @@ class GRPOModule(L.LightningModule):
     def on_fit_start(self) -> None:
         for reference in self._reference:
             reference.to(self.device)
+
+    def on_train_start(self) -> None:
+        if self.hparams.preflight:
+            self._preflight()
+
+    def _preflight(self) -> None:
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if dataset is None or not len(dataset):
+            return
+        samples = [dataset[i] for i in range(min(4, len(dataset)))]
+        records = getattr(dataset, "records", [])
+        run_preflight(self.model, self.processor, self.rewards, samples, records, self.rollout.max_prompt_length)
+
+    # ----------------------------------------------------------------- exact resume
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Everything a resumed run needs to continue exactly: RNG states, counters, reward and engine state."""
+        checkpoint["perception_rl"] = {
+            "rng": capture_rng_state(),
+            "skipped_steps": self.skipped_steps,
+            "rewards": {reward.name: reward.state_dict() for reward in self.rewards},
+            "rollout": self.rollout.state_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("perception_rl")
+        if state is None:  # a checkpoint from elsewhere: weights and optimizer only
+            return
+        self.skipped_steps = state["skipped_steps"]
+        for reward in self.rewards:
+            reward.load_state_dict(state["rewards"].get(reward.name, {}))
+        self.rollout.load_state_dict(state["rollout"])
+        # Restored at the next step's start: Lightning's own set-up after loading must not shift the draws.
+        self._rng_to_restore = state["rng"]
+
+    def on_train_batch_start(self, batch: list[Sample], batch_idx: int) -> None:
+        if self._rng_to_restore is not None:
+            restore_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]

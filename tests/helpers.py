@@ -6,6 +6,11 @@ advantages, and therefore weight updates, are non-zero.
 
 from __future__ import annotations
 
+import os
+import signal
+
+from lightning.pytorch.callbacks import Callback
+
 
 def digit_share(completions: list[str], records: list[dict]) -> list[float]:
     """Share of characters that are digits (varies across random samples)."""
@@ -14,3 +19,18 @@ def digit_share(completions: list[str], records: list[dict]) -> list[float]:
 
 def letter_a_share(completions: list[str], records: list[dict]) -> list[float]:
     return [text.lower().count("a") / max(len(text), 1) for text in completions]
+
+
+class KillAtStep(Callback):
+    """SIGKILLs its own process once `global_step` reaches `step`.
+
+    Checkpoint callbacks run after user callbacks, so the step it stops at is never checkpointed:
+    the run dies exactly as a preempted job would, between saves.
+    """
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

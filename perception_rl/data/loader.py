@@ -43,10 +43,10 @@ def default_seed() -> int:
 
 
 class ResumableDataLoader(DataLoader):
-    """DataLoader with a position: batches consumed in the current epoch, saved and restored by Lightning.
+    """DataLoader with a position: batches handed out in the current epoch, saved and restored by Lightning.
 
-    Lightning's training fetcher reads one batch ahead; a checkpoint taken mid-epoch therefore finds one
-    batch fetched but not consumed, unless the epoch's batches have run out.
+    Lightning fetches ahead only from loaders without a length; this one has a length, so every batch it
+    has handed out has been trained on when a checkpoint is taken.
     """
 
     def __init__(self, *args, **kwargs):
@@ -55,21 +55,18 @@ class ResumableDataLoader(DataLoader):
         kwargs.setdefault("generator", torch.Generator().manual_seed(default_seed()))
         super().__init__(*args, **kwargs)
         self._yielded = 0
-        self._exhausted = False
         self._skip = 0
 
     def __iter__(self):
         skip, self._skip = self._skip, 0
-        self._yielded, self._exhausted = 0, False
+        self._yielded = 0
         for index, batch in enumerate(super().__iter__()):
             self._yielded = index + 1
             if index >= skip:
                 yield batch
-        self._exhausted = True
 
     def state_dict(self) -> dict[str, int]:
-        consumed = self._yielded if self._exhausted else max(self._yielded - 1, 0)
-        return {"consumed": consumed}
+        return {"consumed": self._yielded}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         consumed = int(state.get("consumed", 0))

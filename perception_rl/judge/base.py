@@ -161,6 +161,13 @@ class Judge(ABC):
             self._cache = VerdictCache(self.cache_size)
         return self.template, self._neutraliser, self._cache
 
+    def state_dict(self) -> dict:
+        """The verdict cache, so a resumed run answers exactly the requests the uninterrupted run would."""
+        return {"cache": self._runtime()[2].state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._runtime()[2].load_state_dict(state.get("cache", {}))
+
     def __getstate__(self) -> dict:
         """Pickle the configuration only (threads, clients and models are rebuilt on first use)."""
         return {k: (None if k in self._TRANSIENT else v) for k, v in self.__dict__.items()}

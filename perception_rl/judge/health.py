@@ -55,6 +55,19 @@ class VerdictCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def state_dict(self) -> dict:
+        """The entries, oldest first, as plain data (checkpoints load with weights_only)."""
+        with self._lock:
+            return {"entries": [[key, verdict.to_dict()] for key, verdict in self._entries.items()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        with self._lock:
+            self._entries.clear()
+            for key, fields in state.get("entries", []):
+                from perception_rl.judge.base import JudgeVerdict  # base imports this module
+
+                self._entries[key] = JudgeVerdict(**{**fields, "values": tuple(fields["values"])})
+
 
 class JudgeHealth:
     """Counters since the last `snapshot(reset=True)`: one step's worth when the reward logs every step."""

@@ -86,17 +86,55 @@ class Reward(ABC):
         """
         return False
 
+    # On a failure, `__call__` re-scores completions one by one to name the sample that fails. Rewards
+    # whose scoring has side effects (remote requests) switch this off.
+    locate_failures = True
+
     def __call__(self, rollouts: Rollouts) -> RewardOutput:
-        output = self.score(rollouts)
+        try:
+            output = self.score(rollouts)
+        except Exception as err:
+            # Keep the exception's type (callers may handle e.g. JudgeError); say where it came from.
+            err.add_note(f"raised by reward {self.name!r}{self._culprit(rollouts)}")
+            raise
         if output.scores.shape != (len(rollouts.completions),):
-            raise ValueError(
+            raise RewardError(
                 f"reward {self.name!r} returned scores of shape {tuple(output.scores.shape)}, "
                 f"expected ({len(rollouts.completions)},)"
             )
+        infinite = torch.isinf(output.scores).nonzero().flatten().tolist()
+        if infinite:
+            raise RewardError(
+                f"reward {self.name!r} returned an infinite score for sample {rollouts.record_of(infinite[0]).id!r} "
+                "(use NaN to abstain)"
+            )
         return output
+
+    def _culprit(self, rollouts: Rollouts) -> str:
+        """' on sample <id>' for the first completion whose scoring fails alone (empty if none does)."""
+        if not self.locate_failures:
+            return ""
+        for i in range(len(rollouts.completions)):
+            try:
+                self.score(rollouts.select([i]))
+            except Exception:  # noqa: BLE001 - any failure identifies the culprit
+                record = rollouts.record_of(i)
+                return f" on sample {record.id!r} ({record.source}, completion {i})"
+        return ""
+
+    def state_dict(self) -> dict:
+        """State to carry across a resume (caches, counters); saved in every checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, weight={self.weight})"
+
+
+class RewardError(ValueError):
+    """A reward returned scores that cannot be used (wrong shape, infinite values)."""
 
 
 class FunctionReward(Reward):

@@ -44,6 +44,14 @@ class PerceptionReward(Reward):
         self._pending: tuple[Rollouts, PendingVerdicts] | None = None
         self._announced = False
 
+    locate_failures = False  # re-scoring one by one would resend judge requests
+
+    def state_dict(self) -> dict:
+        return {"judge": self.judge.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.judge.load_state_dict(state.get("judge", {}))
+
     def start(self, rollouts: Rollouts) -> bool:
         self._pending = (rollouts, self.judge.start(self.requests(rollouts)))
         return True

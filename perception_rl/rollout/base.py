@@ -49,6 +49,13 @@ class RolloutEngine(ABC):
     def on_weights_updated(self) -> None:
         """Called after every optimizer step; engines holding their own copy of the weights resync."""
 
+    def state_dict(self) -> dict:
+        """State to carry across a resume (e.g. a seed counter); saved in every checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+
     @abstractmethod
     def generate(
         self, model: torch.nn.Module, processor, samples: list[Sample], greedy: bool = False, synced_devices: bool = False

@@ -53,6 +53,24 @@ class Rollouts:
     def images_of(self, i: int) -> list[Image.Image]:
         return self.samples[int(self.group_ids[i])].images
 
+    def select(self, indices: list[int]) -> Rollouts:
+        """The completions at `indices` with their prompts, for scoring only (no model inputs kept)."""
+        prompt_rows = sorted({int(self.group_ids[i]) for i in indices})
+        position = {row: k for k, row in enumerate(prompt_rows)}
+        index = torch.tensor(indices, dtype=torch.long)
+        return Rollouts(
+            samples=[self.samples[row] for row in prompt_rows],
+            prompts=[self.prompts[row] for row in prompt_rows],
+            prompt_inputs={},
+            completion_ids=self.completion_ids[index],
+            completion_mask=self.completion_mask[index],
+            completions=[self.completions[i] for i in indices],
+            group_ids=torch.tensor([position[int(self.group_ids[i])] for i in indices]),
+            group_size=self.group_size,
+            truncated=self.truncated[index],
+            logprobs=None if self.logprobs is None else self.logprobs[index],
+        )
+
     def model_inputs(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward-pass inputs (prompt + completion) for the completions at `indices`.
 

@@ -162,6 +162,13 @@ class VLLMEngine(RolloutEngine):
     def on_weights_updated(self) -> None:
         self._stale = True
 
+    def state_dict(self) -> dict:
+        return {"calls": self._calls}  # the next call's seed offset
+
+    def load_state_dict(self, state: dict) -> None:
+        self._calls = int(state.get("calls", 0))
+        self._stale = True  # the engine was started from the base weights, not the checkpoint's
+
     def generate(
         self, model: torch.nn.Module, processor, samples: list[Sample], greedy: bool = False, synced_devices: bool = False
     ) -> Rollouts:

@@ -3,6 +3,7 @@
 The names below are the public surface; YAML configs may use them as short `class_path`s.
 """
 
+from perception_rl.annotate import AnnotatePipeline, ChatModel
 from perception_rl.data import RecordDataModule, ShapesDataModule
 from perception_rl.eval import AnswerJudge, BenchmarkDataModule, BenchmarkEvaluation
 from perception_rl.judge import Judge, JudgeRequest, JudgeVerdict, LocalJudge, OpenAIJudge, RuleJudge
@@ -23,8 +24,9 @@ from perception_rl.tiny import TinyRandomPolicy
 __version__ = "0.1.0"
 
 __all__ = [
-    "AccuracyReward", "AnswerJudge", "BenchmarkDataModule", "BenchmarkEvaluation", "FormatReward", "FunctionReward",
-    "GRPOModule", "HFGenerateEngine", "Judge", "JudgeRequest", "JudgeVerdict", "LoRA", "LocalJudge", "OpenAIJudge",
-    "PerceptionReward", "Policy", "RecordDataModule", "RepetitionPenalty", "Reward", "RewardOutput",
-    "RolloutEngine", "Rollouts", "RuleJudge", "ShapesDataModule", "TinyRandomPolicy", "VLLMEngine",
+    "AccuracyReward", "AnnotatePipeline", "AnswerJudge", "BenchmarkDataModule", "BenchmarkEvaluation", "ChatModel",
+    "FormatReward", "FunctionReward", "GRPOModule", "HFGenerateEngine", "Judge", "JudgeRequest", "JudgeVerdict",
+    "LoRA", "LocalJudge", "OpenAIJudge", "PerceptionReward", "Policy", "RecordDataModule", "RepetitionPenalty",
+    "Reward", "RewardOutput", "RolloutEngine", "Rollouts", "RuleJudge", "ShapesDataModule", "TinyRandomPolicy",
+    "VLLMEngine",
 ]

@@ -6,6 +6,7 @@
     perception-rl make-demo-data DIR        # the synthetic shapes task
     perception-rl judge --config C --input PAIRS.jsonl   # audit a judge on (annotations, response) pairs
     perception-rl compare A.jsonl B.jsonl --key correct [--by FIELD]   # exact McNemar test of two evaluations
+    perception-rl annotate run --config configs/annotate/geometry3k_vllm.yaml   # problems -> annotated records
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ TOOLS_HELP = """other commands:
                         score (annotations, response) pairs with a configured judge; per-item verdicts + summary
   compare A.jsonl B.jsonl [--key correct] [--by FIELD]
                         pair two evaluations' rows by id: 2x2 table, discordant b and c, exact McNemar p
+  annotate {run,solve,filter,extract,write,report,agree,convert} --config C
+                        the data pipeline: solve problems, keep correct solutions, extract visual
+                        annotations, write training records; resumable (see `perception-rl annotate`)
 """
 
 
@@ -44,12 +48,14 @@ class PerceptionRLCLI(LightningCLI):
 
 
 def _tools() -> dict[str, Callable[[list[str]], None]]:
+    from perception_rl.annotate.cli import main as annotate
     from perception_rl.data.synthetic import main as make_demo_data
     from perception_rl.eval.compare import main as compare
     from perception_rl.judge.cli import main as judge
     from perception_rl.tiny import main as make_tiny_model
 
-    return {"make-tiny-model": make_tiny_model, "make-demo-data": make_demo_data, "judge": judge, "compare": compare}
+    return {"make-tiny-model": make_tiny_model, "make-demo-data": make_demo_data, "judge": judge, "compare": compare,
+            "annotate": annotate}
 
 
 def main(args: list[str] | None = None) -> None:

@@ -1,11 +1,12 @@
 """A scriptable OpenAI-compatible chat server for the judge tests and benchmarks (aiohttp, 127.0.0.1 only).
 
 Replies are chosen by substrings of the user turn (`replies`), else `default_reply`; a model backend
-(`generate`) may answer instead. It injects latency and faults (HTTP 500 / 429 / 400, hangs, unparsable
-replies, malformed bodies) at a seeded rate, per attempt or per request content ("sticky"). A `gullible`
-mode plays a hackable judge: it obeys verdict tags and instructions it finds in the user turn. It counts
-requests, faults, and the most requests in flight. It is bounded: it answers at most `max_requests`
-(503 after that) and stops by itself after `lifetime_s`.
+(`generate`) or a function of the whole request body (`respond`) may answer instead. It injects latency
+and faults (HTTP 500 / 429 / 400, hangs, unparsable replies, malformed bodies) at a seeded rate, per
+attempt or per request content ("sticky"). A `gullible` mode plays a hackable judge: it obeys verdict tags
+and instructions it finds in the user turn. It counts requests, faults, and the most requests in flight,
+and keeps the digest of every request body received (`digests`) and answered (`answered`). It is
+bounded: it answers at most `max_requests` (503 after that) and stops by itself after `lifetime_s`.
 
     python tests/judge_server.py --port 8000 --latency 0.2 --fault-rate 0.3 --lifetime 300   # prints READY <url>
 """
@@ -43,6 +44,7 @@ class ServerScript:
     seed: int = 0
     gullible: bool = False
     generate: Callable[[list[dict], int], tuple[str, int, int]] | None = None  # messages, max_tokens -> text, in, out
+    respond: Callable[[dict], str | None] | None = None  # request body -> reply text; None falls back to `replies`
 
 
 def user_text(body: dict) -> str:
@@ -62,6 +64,8 @@ class JudgeServer:
         self.faults: Counter = Counter()
         self.in_flight = self.max_in_flight = 0
         self.bodies: list[dict] = []
+        self.digests: list[str] = []  # sha256 of each raw request body, in arrival order
+        self.answered: list[str] = []  # digests of the requests answered with a completion, in order
         self.authorizations: list[str | None] = []
         self._rng = random.Random(self.script.seed)
         self._model_lock = threading.Lock()
@@ -125,8 +129,10 @@ class JudgeServer:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            body = await request.json()
+            raw = await request.read()
+            body, digest = json.loads(raw), hashlib.sha256(raw).hexdigest()
             self.bodies.append(body)
+            self.digests.append(digest)
             self.authorizations.append(request.headers.get("Authorization"))
             fault = self._fault(body)
             if fault:
@@ -138,6 +144,7 @@ class JudgeServer:
             if self.script.latency_s:
                 await asyncio.sleep(self.script.latency_s)
             text, tokens_in, tokens_out = await self._answer(body)
+            self.answered.append(digest)
             return web.json_response(_completion(body, text, tokens_in, tokens_out))
         finally:
             self.in_flight -= 1
@@ -154,6 +161,10 @@ class JudgeServer:
 
     async def _answer(self, body: dict) -> tuple[str, int, int]:
         text = user_text(body)
+        if self.script.respond is not None:
+            reply = self.script.respond(body)
+            if reply is not None:
+                return reply, len(text) // 4, len(reply) // 4
         if self.script.generate is not None:
             return await asyncio.get_running_loop().run_in_executor(None, self._generate, body)
         reply = next((r for key, r in self.script.replies.items() if key in text), self.script.default_reply)

@@ -146,7 +146,7 @@ def load_records_with_skips(
     records: list[Record] = []
     skips: list[Skip] = []
     seen: dict[str, str] = {}
-    for where, raw in _raw_rows(path, skips if skip_invalid else None):
+    for where, raw in iter_raw_rows(path, skips if skip_invalid else None):
         try:
             record = record_from_dict(raw, path.parent, where, check_files, confine_to)
             if record.id in seen:
@@ -163,7 +163,7 @@ def load_records_with_skips(
     return records, skips
 
 
-def _raw_rows(path: Path, skips: list[Skip] | None):
+def iter_raw_rows(path: Path, skips: list[Skip] | None):
     """(location, raw object) pairs; unreadable lines raise, or are recorded in `skips` when given."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq

@@ -9,7 +9,8 @@ Built on aiohttp rather than the `openai` package: one dependency gives both the
 pool sized to the concurrency limit) and the small test servers, and it keeps the failure kinds
 (timeout, HTTP status, connection) and the retry policy in our hands instead of a second retry layer.
 The API key is read from the environment variable *named* in the config, at first use; it is never
-stored in the config, logged, or shown in `repr`.
+stored in the config, logged, or shown in `repr`. The HTTP layer (`ChatTransport`) is shared with the
+annotation stages (`perception_rl.annotate`), which send their own chat requests through it.
 """
 
 from __future__ import annotations
@@ -111,10 +112,12 @@ class OpenAIJudge(Judge):
 
     def launch(self, requests: list[JudgeRequest], deadline: float) -> Future:
         if self._client is None:
-            url = f"{self.base_url}/chat/completions"
-            self._client = _AsyncClient(url, self._headers(), self.max_concurrency, self.request_timeout)
+            self._client = ChatTransport(
+                f"{self.base_url}/chat/completions", auth_headers(self.api_key_env, "judge.api_key_env"),
+                self.max_concurrency, self.request_timeout, self.max_retries, self.backoff_base, self.backoff_max,
+            )
         bodies = [self._body(request) for request in requests]
-        return self._client.submit(self._run_batch(bodies, deadline))
+        return self._client.submit(bodies, deadline, late_error=f"batch_timeout of {self.batch_timeout}s passed")
 
     def close(self) -> None:
         if self._client is not None:
@@ -122,15 +125,6 @@ class OpenAIJudge(Judge):
             self._client = None
 
     # ----------------------------------------------------------------- request building
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                raise ValueError(f"judge.api_key_env: environment variable {self.api_key_env!r} is not set or empty")
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
     def _body(self, request: JudgeRequest) -> bytes:
         images = request.images if self.multimodal else ()
         body = {
@@ -142,73 +136,56 @@ class OpenAIJudge(Judge):
         }
         return json.dumps(body).encode()  # encoded here, in the caller's thread, to keep the loop light
 
-    # ----------------------------------------------------------------- the asyncio side
-    async def _run_batch(self, bodies: list[bytes], deadline: float) -> list[JudgeReply]:
-        tasks = [asyncio.ensure_future(self._request(body)) for body in bodies]
-        done, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
-        for task in pending:
-            task.cancel()
-        late = JudgeReply(failure="timeout", error=f"batch_timeout of {self.batch_timeout}s passed")
-        return [task.result() if task in done else late for task in tasks]
 
-    async def _request(self, body: bytes) -> JudgeReply:
-        """One request with retries; returns a reply or a classified failure, never raises.
-
-        Its latency counts the attempts and the backoff between them, not the wait for a free slot.
-        """
-        busy, retries = 0.0, 0
-        while True:
-            async with self._client.slots:
-                began = time.monotonic()
-                reply, retry_after = await self._attempt(body)
-                busy += time.monotonic() - began
-            if reply.failure is None or retry_after is None or retries >= self.max_retries:
-                return replace(reply, latency_s=busy, retries=retries)
-            retries += 1
-            delay = min(self.backoff_max, self.backoff_base * 2 ** (retries - 1)) * (0.5 + random.random() / 2)
-            delay = min(self.backoff_max, max(delay, retry_after))
-            await asyncio.sleep(delay)
-            busy += delay
-
-    async def _attempt(self, body: bytes) -> tuple[JudgeReply, float | None]:
-        """One HTTP attempt. The second value is None when retrying is pointless, else a minimum delay."""
-        try:
-            async with self._client.session.post(self._client.url, data=body) as response:
-                text = (await response.read()).decode("utf-8", errors="replace")
-                if not 200 <= response.status < 300:
-                    retryable = response.status >= 500 or response.status in _RETRY_STATUSES
-                    reply = JudgeReply(failure="http_error", error=f"HTTP {response.status}: {text[:200]}")
-                    return reply, (_retry_after(response.headers) if retryable else None)
-        except asyncio.TimeoutError:
-            return JudgeReply(failure="timeout", error=f"no reply within request_timeout={self.request_timeout}s"), 0.0
-        except aiohttp.ClientError as err:  # refused, reset, disconnected, DNS
-            return JudgeReply(failure="connection_error", error=f"{type(err).__name__}: {err}"), 0.0
-        except Exception as err:  # anything else fails this request only, never its whole batch
-            return JudgeReply(failure="error", error=f"{type(err).__name__}: {err}"), None
-        return _parse_completion(text)
+def auth_headers(api_key_env: str | None, key_name: str = "api_key_env") -> dict[str, str]:
+    """JSON content type, plus a bearer token read now from the environment variable *named* `api_key_env`."""
+    headers = {"Content-Type": "application/json"}
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise ValueError(f"{key_name}: environment variable {api_key_env!r} is not set or empty")
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
 
 
-class _AsyncClient:
-    """An event loop on a daemon thread with one aiohttp session and a concurrency semaphore."""
+class ChatTransport:
+    """The HTTP side of every OpenAI-compatible client in the package (`OpenAIJudge`, the annotation stages).
 
-    def __init__(self, url: str, headers: dict[str, str], max_concurrency: int, request_timeout: float):
+    Posts ready-encoded `/chat/completions` bodies to one URL from an asyncio loop on a daemon thread, with
+    one aiohttp session whose connection pool and semaphore bound the requests in flight. Each request is
+    retried after a timeout, connection error, malformed body or retryable status, with exponential backoff
+    and jitter. `submit` never raises for a request: each comes back as a `JudgeReply` with the reply text
+    and token usage, or a failure kind ("timeout", "http_error", "connection_error", "error") and message.
+
+    Args:
+        url: the endpoint, e.g. "http://127.0.0.1:8000/v1/chat/completions".
+        headers: HTTP headers of every request (see `auth_headers`).
+        max_concurrency: most requests in flight at once (also the connection pool size).
+        request_timeout: seconds one attempt may take, connection included.
+        max_retries: further attempts after a retryable failure.
+        backoff_base: first retry delay in seconds; doubles each attempt, with jitter.
+        backoff_max: cap on one retry delay (also on a server's Retry-After).
+        thread_name: name of the event-loop thread (shows in stack dumps).
+    """
+
+    def __init__(
+        self, url: str, headers: dict[str, str], max_concurrency: int, request_timeout: float,
+        max_retries: int, backoff_base: float, backoff_max: float, thread_name: str = "OpenAIJudge-loop",
+    ):
         self.url = url
+        self.request_timeout, self.max_retries = float(request_timeout), max_retries
+        self.backoff_base, self.backoff_max = float(backoff_base), float(backoff_max)
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="OpenAIJudge-loop", daemon=True)
+        self.thread = threading.Thread(target=self.loop.run_forever, name=thread_name, daemon=True)
         self.thread.start()
         opened = self._open(headers, max_concurrency, request_timeout)
         self.session, self.slots = asyncio.run_coroutine_threadsafe(opened, self.loop).result(30)
         atexit.register(self.close)
 
-    @staticmethod
-    async def _open(headers: dict[str, str], max_concurrency: int, request_timeout: float):
-        connector = aiohttp.TCPConnector(limit=max_concurrency, limit_per_host=max_concurrency)
-        timeout = aiohttp.ClientTimeout(total=request_timeout)  # per attempt, connection included
-        session = aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout)
-        return session, asyncio.Semaphore(max_concurrency)
-
-    def submit(self, coroutine) -> Future:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+    def submit(self, bodies: list[bytes], deadline: float, late_error: str = "the deadline passed") -> Future:
+        """Start the requests; a Future of one reply per body, in order. Unanswered at `deadline`
+        (time.monotonic()): a timeout failure with message `late_error`."""
+        return asyncio.run_coroutine_threadsafe(self._run_batch(bodies, deadline, late_error), self.loop)
 
     def close(self) -> None:
         if not self.loop.is_running():
@@ -223,6 +200,14 @@ class _AsyncClient:
         if not self.loop.is_running():
             self.loop.close()
 
+    # ----------------------------------------------------------------- the asyncio side
+    @staticmethod
+    async def _open(headers: dict[str, str], max_concurrency: int, request_timeout: float):
+        connector = aiohttp.TCPConnector(limit=max_concurrency, limit_per_host=max_concurrency)
+        timeout = aiohttp.ClientTimeout(total=request_timeout)  # per attempt, connection included
+        session = aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout)
+        return session, asyncio.Semaphore(max_concurrency)
+
     async def _shutdown(self) -> None:
         """Cancel requests still in flight (a batch given up on), then close the connections."""
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -230,6 +215,50 @@ class _AsyncClient:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.session.close()
+
+    async def _run_batch(self, bodies: list[bytes], deadline: float, late_error: str) -> list[JudgeReply]:
+        tasks = [asyncio.ensure_future(self._request(body)) for body in bodies]
+        done, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic())) if tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        late = JudgeReply(failure="timeout", error=late_error)
+        return [task.result() if task in done else late for task in tasks]
+
+    async def _request(self, body: bytes) -> JudgeReply:
+        """One request with retries; returns a reply or a classified failure, never raises.
+
+        Its latency counts the attempts and the backoff between them, not the wait for a free slot.
+        """
+        busy, retries = 0.0, 0
+        while True:
+            async with self.slots:
+                began = time.monotonic()
+                reply, retry_after = await self._attempt(body)
+                busy += time.monotonic() - began
+            if reply.failure is None or retry_after is None or retries >= self.max_retries:
+                return replace(reply, latency_s=busy, retries=retries)
+            retries += 1
+            delay = min(self.backoff_max, self.backoff_base * 2 ** (retries - 1)) * (0.5 + random.random() / 2)
+            delay = min(self.backoff_max, max(delay, retry_after))
+            await asyncio.sleep(delay)
+            busy += delay
+
+    async def _attempt(self, body: bytes) -> tuple[JudgeReply, float | None]:
+        """One HTTP attempt. The second value is None when retrying is pointless, else a minimum delay."""
+        try:
+            async with self.session.post(self.url, data=body) as response:
+                text = (await response.read()).decode("utf-8", errors="replace")
+                if not 200 <= response.status < 300:
+                    retryable = response.status >= 500 or response.status in _RETRY_STATUSES
+                    reply = JudgeReply(failure="http_error", error=f"HTTP {response.status}: {text[:200]}")
+                    return reply, (_retry_after(response.headers) if retryable else None)
+        except asyncio.TimeoutError:
+            return JudgeReply(failure="timeout", error=f"no reply within request_timeout={self.request_timeout}s"), 0.0
+        except aiohttp.ClientError as err:  # refused, reset, disconnected, DNS
+            return JudgeReply(failure="connection_error", error=f"{type(err).__name__}: {err}"), 0.0
+        except Exception as err:  # anything else fails this request only, never its whole batch
+            return JudgeReply(failure="error", error=f"{type(err).__name__}: {err}"), None
+        return _parse_completion(text)
 
 
 def _parse_completion(text: str) -> tuple[JudgeReply, float | None]:

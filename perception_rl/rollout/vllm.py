@@ -198,10 +198,12 @@ class VLLMEngine(RolloutEngine):
         if self._llm is None:
             LLM = _vllm().LLM
             base = model.get_base_model() if is_peft_model(model) else model
+            multimodal = getattr(base.config, "vision_config", None) is not None
             self._llm = LLM(
                 model=base.name_or_path, dtype=self.dtype, tensor_parallel_size=self.tensor_parallel_size,
                 gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len,
-                enable_sleep_mode=self.sleep_between_rollouts, seed=self.seed, limit_mm_per_prompt={"image": 4},
+                enable_sleep_mode=self.sleep_between_rollouts, seed=self.seed,
+                **({"limit_mm_per_prompt": {"image": 4}} if multimodal else {}),
             )
         return self._llm
 
@@ -211,8 +213,9 @@ class VLLMEngine(RolloutEngine):
 
         state = full_state_dict(model)
         runner_model = self._llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
+        device = next(runner_model.parameters()).device
         for batch in weight_batches(merged_lora_weights(model, state), self.sync_batch_bytes):
-            runner_model.load_weights([(name, tensor.to("cuda", non_blocking=True)) for name, tensor in batch])
+            runner_model.load_weights([(name, tensor.detach().to(device, non_blocking=True)) for name, tensor in batch])
         self._stale = False
 
 

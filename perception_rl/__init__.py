@@ -4,6 +4,7 @@ The names below are the public surface; YAML configs may use them as short `clas
 """
 
 from perception_rl.annotate import AnnotatePipeline, ChatModel
+from perception_rl.callbacks import RewardCurve
 from perception_rl.data import RecordDataModule, ShapesDataModule
 from perception_rl.eval import AnswerJudge, BenchmarkDataModule, BenchmarkEvaluation
 from perception_rl.judge import Judge, JudgeRequest, JudgeVerdict, LocalJudge, OpenAIJudge, RuleJudge
@@ -20,6 +21,7 @@ from perception_rl.rewards import (
 )
 from perception_rl.rollout import HFGenerateEngine, RolloutEngine, Rollouts, VLLMEngine
 from perception_rl.tiny import TinyRandomPolicy
+from perception_rl.warm_start import WarmStartPolicy
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,6 @@ __all__ = [
     "AccuracyReward", "AnnotatePipeline", "AnswerJudge", "BenchmarkDataModule", "BenchmarkEvaluation", "ChatModel",
     "FormatReward", "FunctionReward", "GRPOModule", "HFGenerateEngine", "Judge", "JudgeRequest", "JudgeVerdict",
     "LoRA", "LocalJudge", "OpenAIJudge", "PerceptionReward", "Policy", "RecordDataModule", "RepetitionPenalty",
-    "Reward", "RewardOutput", "RolloutEngine", "Rollouts", "RuleJudge", "ShapesDataModule", "TinyRandomPolicy",
-    "VLLMEngine",
+    "Reward", "RewardCurve", "RewardOutput", "RolloutEngine", "Rollouts", "RuleJudge", "ShapesDataModule",
+    "TinyRandomPolicy", "VLLMEngine", "WarmStartPolicy",
 ]

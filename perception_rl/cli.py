@@ -3,7 +3,8 @@
     perception-rl fit --config configs/demo.yaml
     perception-rl test --config <run>/logs/version_0/config.yaml --ckpt_path <run>/logs/version_0/checkpoints/last.ckpt
     perception-rl make-tiny-model DIR       # a tiny random Qwen2.5-VL, offline
-    perception-rl make-demo-data DIR        # the synthetic shapes task
+    perception-rl make-demo-data DIR        # the synthetic dots task
+    perception-rl warm-start DIR            # the demo's tiny Qwen2.5-VL after its supervised warm start
     perception-rl judge --config C --input PAIRS.jsonl   # audit a judge on (annotations, response) pairs
     perception-rl compare A.jsonl B.jsonl --key correct [--by FIELD]   # exact McNemar test of two evaluations
     perception-rl annotate run --config configs/annotate/geometry3k_vllm.yaml   # problems -> annotated records
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 
 from lightning.pytorch.cli import LightningCLI
@@ -22,7 +24,8 @@ from perception_rl.module import GRPOModule
 
 TOOLS_HELP = """other commands:
   make-tiny-model DIR   write a tiny random Qwen2.5-VL (model, tokenizer, processor) to DIR, offline
-  make-demo-data DIR    write the synthetic shapes task (train/val/test JSONL + images) to DIR
+  make-demo-data DIR    write the synthetic dots task (train/val/test JSONL + images) to DIR
+  warm-start DIR        build the demo's tiny Qwen2.5-VL and give it its supervised warm start (about a minute)
   judge --config C --input PAIRS.jsonl
                         score (annotations, response) pairs with a configured judge; per-item verdicts + summary
   compare A.jsonl B.jsonl [--key correct] [--by FIELD]
@@ -53,9 +56,10 @@ def _tools() -> dict[str, Callable[[list[str]], None]]:
     from perception_rl.eval.compare import main as compare
     from perception_rl.judge.cli import main as judge
     from perception_rl.tiny import main as make_tiny_model
+    from perception_rl.warm_start import main as warm_start
 
-    return {"make-tiny-model": make_tiny_model, "make-demo-data": make_demo_data, "judge": judge, "compare": compare,
-            "annotate": annotate}
+    return {"make-tiny-model": make_tiny_model, "make-demo-data": make_demo_data, "warm-start": warm_start,
+            "judge": judge, "compare": compare, "annotate": annotate}
 
 
 def main(args: list[str] | None = None) -> None:
@@ -64,6 +68,10 @@ def main(args: list[str] | None = None) -> None:
     if argv and argv[0] in tools:
         tools[argv[0]](argv[1:])
         return
+    # A checkpoint taken after a GRPO step holds the weights after that step's updates, together with the RNG,
+    # data and reward state for the next step: that is what exact resume needs, so Lightning's advice to save
+    # pre-optimisation weights by hand does not apply.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     PerceptionRLCLI(
         GRPOModule,
         RecordDataModule,

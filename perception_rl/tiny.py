@@ -1,8 +1,9 @@
 """Write a tiny, randomly initialised Qwen2.5-VL (model, tokenizer, processor, chat template) to a folder.
 
 Fully offline and takes a few seconds: the byte-level BPE tokenizer is trained in-process on a small
-corpus, the special tokens follow Qwen2.5-VL's order, and the chat template is written here. The demo
-and the tests train this model; nothing about it is meaningful except its shapes.
+corpus, the special tokens follow Qwen2.5-VL's order, and the chat template is written here. The tests
+train this model; nothing about it is meaningful except its shapes. (The demo's model is built from the
+same parts and then warm-started: `perception_rl.warm_start`.)
 
     perception-rl make-tiny-model .cache/tiny-qwen2_5_vl
 """
@@ -62,8 +63,11 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(vocab_size: int = 512):
-    """Train a byte-level BPE in-process and wrap it as a `Qwen2Tokenizer` with Qwen2.5-VL specials."""
+def build_tokenizer(vocab_size: int = 512, corpus: list[str] | None = None):
+    """Train a byte-level BPE in-process and wrap it as a `Qwen2Tokenizer` with Qwen2.5-VL specials.
+
+    `corpus` replaces the built-in one (a task's own sentences make its words single tokens).
+    """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import AddedToken, Qwen2Tokenizer
 
@@ -79,7 +83,7 @@ def build_tokenizer(vocab_size: int = 512):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[],
     )
-    bpe.train_from_iterator(_CORPUS * 4, trainer)
+    bpe.train_from_iterator((corpus or _CORPUS) * 4, trainer)
     model = bpe.to_str()
     import json
 
@@ -115,7 +119,10 @@ def build_processor(tokenizer, min_pixels: int = 28 * 28 * 4, max_pixels: int = 
     return ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def build_model(tokenizer, hidden_size: int = 64, num_layers: int = 2, seed: int = 0, vision_hidden_size: int = 32):
+def build_model(
+    tokenizer, hidden_size: int = 64, num_layers: int = 2, seed: int = 0, vision_hidden_size: int = 32,
+    tie_word_embeddings: bool = False,
+):
     """A randomly initialised Qwen2.5-VL whose vocabulary covers `tokenizer` (4 text heads, 2 vision heads)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -141,7 +148,7 @@ def build_model(tokenizer, hidden_size: int = 64, num_layers: int = 2, seed: int
         ),
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the CPU demo: GRPO on a tiny random Qwen2.5-VL over the synthetic shapes task.
+# Set up (if needed) and run the CPU demo: GRPO teaches a tiny warm-started Qwen2.5-VL to count dots (configs/demo.yaml).
 # Extra arguments go to `perception-rl fit`, e.g. --trainer.max_steps=3 --trainer.default_root_dir=/tmp/run
 set -euo pipefail
 cd "$(dirname "$0")/.."

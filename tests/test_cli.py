@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: int = 300) -> subprocess
 
 def test_help_lists_subcommands():
     out = run_cli("--help").stdout
-    for command in ("fit", "validate", "test", "make-tiny-model", "make-demo-data"):
+    for command in ("fit", "validate", "test", "make-tiny-model", "make-demo-data", "warm-start"):
         assert command in out
 
 
@@ -56,6 +57,8 @@ def fitted_run(tmp_path_factory, tiny_model_dir) -> Path:
         {"class_path": "perception_rl.AccuracyReward", "init_args": {"weight": 0.9}},
         {"class_path": "perception_rl.FormatReward", "init_args": {"weight": 0.1}},
         {"class_path": "perception_rl.FunctionReward", "init_args": {"function": "helpers.digit_share", "name": "digits"}},
+        {"class_path": "perception_rl.PerceptionReward",
+         "init_args": {"weight": 0.5, "judge": {"class_path": "perception_rl.RuleJudge"}}},
     ]}}))
     run_cli(
         "fit", "--config", str(REPO_ROOT / "configs/demo.yaml"), "--config", str(extra),
@@ -76,6 +79,7 @@ def test_fit_logs_metrics_and_leaves_checkpoint_and_export(fitted_run: Path, tin
     assert any(r.get("val/total") for r in rows), "validation ran at step 2 and logged"
     assert (version / "checkpoints" / "last.ckpt").is_file()
     assert (version / "config.yaml").is_file()
+    assert (fitted_run / "reward_curve.png").is_file() and (fitted_run / "reward_curve.csv").is_file()
 
     from safetensors.torch import load_file
 
@@ -99,3 +103,6 @@ def test_test_subcommand_reuses_saved_config(fitted_run: Path):
     for metric in ("test/accuracy", "test/format", "test/digits", "test/total", "test/response_length"):
         assert metric in out.stdout
     assert (fitted_run / "logs" / "version_1" / "metrics.csv").is_file(), "test logs go under the same root"
+    rows = [json.loads(line) for line in (fitted_run / "eval" / "test" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(isinstance(r["perception_correct"], bool) for r in rows), "the visual reward scores"
+    assert all(r["perception_correct"] == (r["perception"] == 1.0) for r in rows)

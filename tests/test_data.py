@@ -1,4 +1,4 @@
-"""Tests of records, images, prompts, the datamodule and the synthetic task (perception_rl/data/)."""
+"""Tests of records, images, prompts and the datamodule (perception_rl/data/); the synthetic task is in test_synthetic.py."""
 
 from __future__ import annotations
 
@@ -18,9 +18,7 @@ from perception_rl.data import (
     RecordDataModule,
     RecordError,
     Sample,
-    ShapesDataModule,
     load_records,
-    write_shapes_dataset,
 )
 from perception_rl.data.images import load_image, resize_to_pixel_bounds
 from perception_rl.data.prompts import user_message
@@ -356,44 +354,7 @@ def test_datamodule_without_val_and_errors(tmp_path):
         RecordDataModule(train_files=str(train), min_pixels=100, max_pixels=10)
 
 
-# ---------------------------------------------------------------------------------------------- synthetic
-
-
-def _tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def test_shapes_dataset_is_deterministic_per_seed(tmp_path):
-    a = _tree_bytes(write_shapes_dataset(tmp_path / "a", num_train=4, num_val=2, num_test=2, seed=3))
-    b = _tree_bytes(write_shapes_dataset(tmp_path / "b", num_train=4, num_val=2, num_test=2, seed=3))
-    c = _tree_bytes(write_shapes_dataset(tmp_path / "c", num_train=4, num_val=2, num_test=2, seed=4))
-    assert set(a) == {"train.jsonl", "val.jsonl", "test.jsonl"} | {f"images/train_{i:05d}.png" for i in range(4)} | {
-        f"images/{s}_{i:05d}.png" for s in ("val", "test") for i in range(2)}
-    assert a == b
-    assert set(c) == set(a)
-    assert a["train.jsonl"] != c["train.jsonl"]
-    assert any(a[k] != c[k] for k in a if k.endswith(".png"))
-
-
-def test_shapes_records_are_consistent(tmp_path):
-    root = write_shapes_dataset(tmp_path, num_train=6, num_val=1, num_test=1, seed=0)
-    for record in load_records(root / "train.jsonl"):
-        shape = record.metadata["shape"]
-        count = int(record.answer)
-        assert record.problem == f"How many {shape}s are in the image?"
-        assert 1 <= count <= record.metadata["total_shapes"] <= 5
-        # annotations name every shape present; their counts add up to the total
-        total = sum(int(a.split()[2]) for a in record.annotations)
-        assert total == record.metadata["total_shapes"]
-        assert Image.open(record.images[0]).size == (112, 112)
-
-
-def test_shapes_datamodule_prepares_and_loads(tmp_path):
-    dm = ShapesDataModule(data_dir=str(tmp_path / "shapes"), num_train=3, num_val=1, num_test=1, batch_size=3)
-    dm.prepare_data()
-    dm.setup("fit")
-    (batch,) = list(dm.train_dataloader())
-    assert len(batch) == 3 and all(s.images[0].size == (112, 112) for s in batch)
+# (the synthetic dots task is tested in test_synthetic.py)
 
 
 # ---------------------------------------------------------------------------------------------- dev set

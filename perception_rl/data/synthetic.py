@@ -1,9 +1,24 @@
-"""A small synthetic multimodal task the project draws itself: count the shapes of one kind in a picture.
+"""A small perception-heavy task the project draws itself: count the red and blue dots, then combine the counts.
 
-Deterministic from a seed. Each record carries gold visual annotations (how many of each shape the
-picture holds), so the perception reward has something to check. Used by the CPU demo and the tests.
+Each picture is a 3 x 3 grid of 28-pixel cells (84 x 84 pixels; each cell is exactly one of Qwen2.5-VL's
+merged vision tokens) holding 1-3 red dots, 1-3 blue dots, 0-2 orange dots (a distractor a careless
+reader takes for red) and 0-1 green dot. The question asks for the total of red and blue dots ("How many
+red and blue dots are there in total?") or their difference ("How many more blue dots than red dots are
+there?"); the text never gives the counts away, so the picture must be read. Each record carries:
 
-    perception-rl make-demo-data .cache/perception-rl/shapes
+- `answer`: the total or the difference;
+- `annotations`: the gold visual facts a solver must read off the picture, in the words the solution
+  states them ("There are 3 red dots.", "There is 1 blue dot."), so `RuleJudge` can check a response;
+- `metadata`: the question kind, the count of every colour, and the cell and colour of every dot.
+
+The gold solution states the two facts (red first), then the arithmetic on the stated counts:
+`<think>\\nThere are 3 red dots. There is 1 blue dot. 3 - 1 = 2.\\n</think>\\n<answer>\\n\\boxed{2}\\n</answer>`.
+
+Splits are separate random streams of one seed (train, val, test, and a `warmup` stream for the
+supervised warm start, see `perception_rl.warm_start`): the same seed gives byte-identical files, and
+the first n items of a split do not depend on how many are written.
+
+    perception-rl make-demo-data .cache/perception-rl/dots
 """
 
 from __future__ import annotations
@@ -12,101 +27,162 @@ import argparse
 import json
 import random
 from pathlib import Path
+from typing import Literal
 
 from PIL import Image, ImageDraw
 
 from perception_rl.data.datamodule import RecordDataModule
 from perception_rl.data.prompts import DEFAULT_FORMAT_INSTRUCTION
 
-SHAPES = ("circle", "square", "triangle")
-COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 160, 60)}
+GRID = 3  # cells per side
+CELL = 28  # pixels per cell: one merged Qwen2.5-VL vision token (14-pixel patches, 2 x 2 merge)
+SIZE = GRID * CELL
+COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "orange": (245, 150, 40), "green": (40, 160, 60)}
+MAX_COUNT = 3  # red and blue dots, each 1..MAX_COUNT
+ORANGE_WEIGHTS = (1, 2, 2)  # 0, 1 or 2 orange dots: most pictures hold the distractor
+KINDS = ("total", "difference")
+SPLITS = {"train": 0, "val": 1, "test": 2, "warmup": 3}  # stream offsets of one seed
+
+Kind = Literal["total", "difference"]
 
 
-def _draw(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], colour: tuple[int, int, int]) -> None:
-    x0, y0, x1, y1 = box
-    if shape == "circle":
-        draw.ellipse(box, fill=colour)
-    elif shape == "square":
-        draw.rectangle(box, fill=colour)
-    else:
-        draw.polygon([((x0 + x1) // 2, y0), (x0, y1), (x1, y1)], fill=colour)
+# ---------------------------------------------------------------------------------------------- text
+def fact(colour: str, count: int) -> str:
+    """One visual fact as a solution states it: "There are 3 red dots." / "There is 1 blue dot."."""
+    return f"There is 1 {colour} dot." if count == 1 else f"There are {count} {colour} dots."
 
 
-def make_item(rng: random.Random, index: int, image_dir: Path, split: str, size: int = 112) -> dict:
-    """Draw 1-5 shapes on a grid and ask how many of one kind there are."""
-    cells = [(r, c) for r in range(3) for c in range(3)]
-    placed = rng.sample(cells, rng.randint(1, 5))
-    cell = size // 3
-    image = Image.new("RGB", (size, size), "white")
+def question(kind: Kind, red: int, blue: int) -> str:
+    """The question for a picture with these counts; a difference question names the larger count first."""
+    if kind == "total":
+        return "How many red and blue dots are there in total?"
+    more, fewer = ("red", "blue") if red >= blue else ("blue", "red")
+    return f"How many more {more} dots than {fewer} dots are there?"
+
+
+def answer_of(kind: Kind, red: int, blue: int) -> int:
+    return red + blue if kind == "total" else abs(red - blue)
+
+
+def solution(kind: Kind, red: int, blue: int) -> str:
+    """The response that states these counts and answers from them, in the strict think/answer format.
+
+    A difference takes the smaller stated count from the larger, so the answer follows from the stated
+    counts alone (right counts give the right answer; wrong ones, usually a wrong answer).
+    """
+    arithmetic = f"{red} + {blue}" if kind == "total" else f"{max(red, blue)} - {min(red, blue)}"
+    result = answer_of(kind, red, blue)
+    think = f"{fact('red', red)} {fact('blue', blue)} {arithmetic} = {result}."
+    return f"<think>\n{think}\n</think>\n<answer>\n\\boxed{{{result}}}\n</answer>"
+
+
+# ---------------------------------------------------------------------------------------------- pictures
+def draw_picture(dots: list[dict]) -> Image.Image:
+    """The picture of `dots` ({"cell": [row, col], "colour": name} each) on white."""
+    image = Image.new("RGB", (SIZE, SIZE), "white")
     draw = ImageDraw.Draw(image)
-    counts = dict.fromkeys(SHAPES, 0)
-    for r, c in placed:
-        shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
-        counts[shape] += 1
-        pad = 5
-        _draw(draw, shape, (c * cell + pad, r * cell + pad, (c + 1) * cell - pad, (r + 1) * cell - pad), COLOURS[colour])
-    asked = rng.choice([s for s in SHAPES if counts[s]] or list(SHAPES))
+    pad = 3
+    for dot in dots:
+        row, col = dot["cell"]
+        box = (col * CELL + pad, row * CELL + pad, (col + 1) * CELL - pad - 1, (row + 1) * CELL - pad - 1)
+        draw.ellipse(box, fill=COLOURS[dot["colour"]])
+    return image
+
+
+def cell_colours(image: Image.Image) -> dict[tuple[int, int], str]:
+    """Read a picture back: the colour of each occupied cell (its centre pixel); for checks and tests."""
+    by_rgb = {rgb: name for name, rgb in COLOURS.items()}
+    found = {}
+    for row in range(GRID):
+        for col in range(GRID):
+            pixel = image.getpixel((col * CELL + CELL // 2, row * CELL + CELL // 2))
+            if pixel in by_rgb:
+                found[(row, col)] = by_rgb[pixel]
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- items
+def make_item(rng: random.Random, index: int, split: str) -> tuple[dict, Image.Image]:
+    """One record (its image path relative to the data folder) and its picture."""
+    kind: Kind = rng.choice(KINDS)
+    red, blue = rng.randint(1, MAX_COUNT), rng.randint(1, MAX_COUNT)
+    orange = rng.choices(range(len(ORANGE_WEIGHTS)), weights=ORANGE_WEIGHTS)[0]
+    colours = ["red"] * red + ["blue"] * blue + ["orange"] * orange + ["green"] * rng.randint(0, 1)
+    cells = rng.sample([(r, c) for r in range(GRID) for c in range(GRID)], len(colours))
+    dots = [{"cell": list(cell), "colour": colour} for cell, colour in sorted(zip(cells, colours))]
     name = f"{split}_{index:05d}.png"
-    image.save(image_dir / name)
-    return {
-        "id": f"shapes-{split}-{index}",
-        "problem": f"How many {asked}s are in the image?",
-        "answer": str(counts[asked]),
+    record = {
+        "id": f"dots-{split}-{index}",
+        "problem": question(kind, red, blue),
+        "answer": str(answer_of(kind, red, blue)),
         "images": [f"images/{name}"],
-        "annotations": [f"There {'is' if n == 1 else 'are'} {n} {s}{'' if n == 1 else 's'}." for s, n in counts.items() if n],
-        "metadata": {"task": "count", "shape": asked, "total_shapes": len(placed)},
+        "annotations": [fact("red", red), fact("blue", blue)],
+        "metadata": {"task": kind, "counts": {c: colours.count(c) for c in COLOURS}, "dots": dots},
     }
+    return record, draw_picture(dots)
 
 
-def write_shapes_dataset(output_dir: str | Path, num_train: int = 64, num_val: int = 16, num_test: int = 32, seed: int = 0) -> Path:
+def split_items(split: str, count: int, seed: int = 0) -> list[tuple[dict, Image.Image]]:
+    """The first `count` items of a split's stream (records and pictures, in memory)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+    rng = random.Random(seed * 1000 + SPLITS[split])
+    return [make_item(rng, i, split) for i in range(count)]
+
+
+def write_shapes_dataset(
+    output_dir: str | Path, num_train: int = 1024, num_val: int = 32, num_test: int = 200, seed: int = 0
+) -> Path:
     """Write train/val/test JSONL files and their PNG images under `output_dir`."""
     output_dir = Path(output_dir)
     (output_dir / "images").mkdir(parents=True, exist_ok=True)
-    for split, count, offset in (("train", num_train, 0), ("val", num_val, 1), ("test", num_test, 2)):
-        rng = random.Random(seed * 1000 + offset)
-        items = [make_item(rng, i, output_dir / "images", split) for i in range(count)]
+    for split, count in (("train", num_train), ("val", num_val), ("test", num_test)):
+        items = split_items(split, count, seed)
+        for record, image in items:
+            image.save(output_dir / record["images"][0])
         temp = output_dir / f"{split}.jsonl.tmp"
-        temp.write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
+        temp.write_text("".join(json.dumps(record) + "\n" for record, _ in items), encoding="utf-8")
         temp.replace(output_dir / f"{split}.jsonl")  # atomic: a half-written file is never read
     return output_dir
 
 
 class ShapesDataModule(RecordDataModule):
-    """`RecordDataModule` over the synthetic shapes task, generated into `data_dir` on first use.
+    """`RecordDataModule` over the synthetic dots task, generated into `data_dir` on first use.
 
     Args:
-        data_dir: where the task's files live (written if absent).
+        data_dir: where the task's files live (rewritten when absent or made with other sizes or seed).
         num_train: training items.
         num_val: validation items.
-        num_test: test items.
+        num_test: held-out test items.
         seed: generator seed; the same seed gives byte-identical files.
         batch_size: prompts per training step per device.
         eval_batch_size: prompts per validation/test step per device.
         num_workers: dataloader worker processes.
         format_instruction: appended to every problem after a space.
         min_pixels: lower image area bound.
-        max_pixels: upper image area bound.
+        max_pixels: upper image area bound (the pictures are 84 x 84 = 7056 pixels).
     """
 
     def __init__(
         self,
-        data_dir: str = ".cache/perception-rl/shapes",
-        num_train: int = 64,
-        num_val: int = 16,
-        num_test: int = 32,
+        data_dir: str = ".cache/perception-rl/dots",
+        num_train: int = 1024,
+        num_val: int = 32,
+        num_test: int = 200,
         seed: int = 0,
         batch_size: int = 2,
         eval_batch_size: int = 8,
         num_workers: int = 0,
         format_instruction: str = DEFAULT_FORMAT_INSTRUCTION,
         min_pixels: int = 3136,
-        max_pixels: int = 1806336,
+        max_pixels: int = 12544,
     ):
         folder = Path(data_dir)
         super().__init__(
             train_files=str(folder / "train.jsonl"), val_files=str(folder / "val.jsonl"),
             test_files=str(folder / "test.jsonl"), batch_size=batch_size, eval_batch_size=eval_batch_size,
-            num_workers=num_workers, format_instruction=format_instruction, min_pixels=min_pixels, max_pixels=max_pixels,
+            num_workers=num_workers, format_instruction=format_instruction, min_pixels=min_pixels,
+            max_pixels=max_pixels,
         )
         self.data_dir = folder
         self.sizes = (num_train, num_val, num_test)
@@ -114,7 +190,7 @@ class ShapesDataModule(RecordDataModule):
 
     def prepare_data(self) -> None:
         stamp = self.data_dir / "generated.json"
-        wanted = {"sizes": list(self.sizes), "seed": self.seed}
+        wanted = {"task": "dots-v1", "sizes": list(self.sizes), "seed": self.seed}
         if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
             return
         write_shapes_dataset(self.data_dir, *self.sizes, seed=self.seed)
@@ -124,10 +200,10 @@ class ShapesDataModule(RecordDataModule):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="perception-rl make-demo-data", description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir")
-    parser.add_argument("--num-train", type=int, default=64)
-    parser.add_argument("--num-val", type=int, default=16)
-    parser.add_argument("--num-test", type=int, default=32)
+    parser.add_argument("--num-train", type=int, default=1024)
+    parser.add_argument("--num-val", type=int, default=32)
+    parser.add_argument("--num-test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     path = write_shapes_dataset(args.output_dir, args.num_train, args.num_val, args.num_test, args.seed)
-    print(f"wrote the shapes task to {path} (train/val/test .jsonl)")
+    print(f"wrote the dots task to {path} (train/val/test .jsonl + images/)")

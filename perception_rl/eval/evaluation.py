@@ -233,6 +233,8 @@ class BenchmarkEvaluation(torch.nn.Module):
             "correct": graded.correct, "settled": graded.settled, "judged_by": "rules",
             "format_ok": follows_format(response), "response_tokens": int(rollouts.completion_mask[i].sum()),
             "truncated": bool(rollouts.truncated[i]), "perception": None if math.isnan(perception) else perception,
+            # Perception-correct: the response states every gold fact (None: no annotations, or no visual reward).
+            "perception_correct": None if math.isnan(perception) else perception >= 1.0,
         }
         row.update({f: _field(record, f) for f in self._fields if f not in row})
         row["metadata"] = record.metadata

@@ -1,0 +1,127 @@
+"""The synthetic dots task and the demo's warm start: determinism, splits, gold facts that match the pictures."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from perception_rl.data import ShapesDataModule, load_records, write_shapes_dataset
+from perception_rl.data.synthetic import CELL, GRID, cell_colours, fact, solution, split_items
+from perception_rl.judge.rules import fact_stated
+from perception_rl.rewards.answers import grade
+from perception_rl.rewards.format import follows_format
+from perception_rl.warm_start import task_corpus, teacher_solution
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_dataset_is_deterministic_per_seed(tmp_path):
+    a = _tree_bytes(write_shapes_dataset(tmp_path / "a", num_train=4, num_val=2, num_test=2, seed=3))
+    b = _tree_bytes(write_shapes_dataset(tmp_path / "b", num_train=4, num_val=2, num_test=2, seed=3))
+    c = _tree_bytes(write_shapes_dataset(tmp_path / "c", num_train=4, num_val=2, num_test=2, seed=4))
+    assert set(a) == {"train.jsonl", "val.jsonl", "test.jsonl"} | {f"images/train_{i:05d}.png" for i in range(4)} | {
+        f"images/{s}_{i:05d}.png" for s in ("val", "test") for i in range(2)}
+    assert a == b
+    assert set(c) == set(a)
+    assert a["train.jsonl"] != c["train.jsonl"]
+    assert any(a[k] != c[k] for k in a if k.endswith(".png"))
+
+
+def test_splits_are_separate_streams_whose_prefixes_do_not_depend_on_the_sizes(tmp_path):
+    small = write_shapes_dataset(tmp_path / "small", num_train=3, num_val=2, num_test=5, seed=0)
+    large = write_shapes_dataset(tmp_path / "large", num_train=9, num_val=2, num_test=8, seed=0)
+    assert (large / "test.jsonl").read_text().splitlines()[:5] == (small / "test.jsonl").read_text().splitlines()
+    ids = {split: {r.id for r in load_records(small / f"{split}.jsonl")} for split in ("train", "val", "test")}
+    assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
+    warmup = {json.dumps(r["metadata"]["dots"]) for r, _ in split_items("warmup", 50)}
+    test = [json.dumps(r["metadata"]["dots"]) for r, _ in split_items("test", 50)]
+    assert sum(t in warmup for t in test) <= 2, "warm-up and held-out pictures are drawn independently"
+    with pytest.raises(ValueError, match="split"):
+        split_items("holdout", 1)
+
+
+def test_annotations_and_answers_match_what_the_picture_shows(tmp_path):
+    root = write_shapes_dataset(tmp_path, num_train=60, num_val=1, num_test=1, seed=0)
+    kinds, with_orange = Counter(), 0
+    for record in load_records(root / "train.jsonl"):
+        meta = record.metadata
+        image = Image.open(record.images[0])
+        assert image.size == (GRID * CELL, GRID * CELL)
+        seen = Counter(cell_colours(image).values())  # read back from the pixels, not from the metadata
+        assert seen == Counter({c: n for c, n in meta["counts"].items() if n}), record.id
+        red, blue = seen["red"], seen["blue"]
+        assert 1 <= red <= 3 and 1 <= blue <= 3
+        assert record.annotations == [fact("red", red), fact("blue", blue)]
+        expected = red + blue if meta["task"] == "total" else abs(red - blue)
+        assert int(record.answer) == expected
+        assert not any(ch.isdigit() for ch in record.problem), "the question never gives a count away"
+        kinds[meta["task"]] += 1
+        with_orange += seen["orange"] > 0
+    assert set(kinds) == {"total", "difference"}
+    assert with_orange >= 40, "most pictures hold the orange distractor"
+
+
+def test_gold_solution_earns_every_reward_and_a_miscount_does_not():
+    for record, _ in split_items("train", 30):
+        counts, kind = record["metadata"]["counts"], record["metadata"]["task"]
+        gold = solution(kind, counts["red"], counts["blue"])
+        assert follows_format(gold) and grade(gold, record["answer"]).correct
+        assert all(fact_stated(f, gold) for f in record["annotations"])
+        miscount = solution(kind, counts["red"] + 1, counts["blue"])
+        assert not fact_stated(record["annotations"][0], miscount) and fact_stated(record["annotations"][1], miscount)
+        assert not grade(miscount, record["answer"]).correct
+
+
+def test_the_teacher_takes_orange_dots_for_red_at_the_confusion_rate():
+    items = [r for r, _ in split_items("warmup", 300)]
+    exact = [teacher_solution(r, random.Random(0), 0.0) for r in items]
+    assert all(grade(s, r["answer"]).correct for s, r in zip(exact, items))
+    blind = [teacher_solution(r, random.Random(0), 1.0) for r in items]
+    for text, r in zip(blind, items):
+        counts = r["metadata"]["counts"]
+        assert fact("red", counts["red"] + counts["orange"]) in text and fact("blue", counts["blue"]) in text
+    rng = random.Random(0)
+    orange = [r for r in items if r["metadata"]["counts"]["orange"] == 1]
+    wrong = sum(fact("red", r["metadata"]["counts"]["red"]) not in teacher_solution(r, rng, 0.75) for r in orange)
+    assert 0.6 < wrong / len(orange) < 0.9
+
+
+def test_every_solution_word_is_in_the_tokenizer_corpus():
+    corpus = " ".join(task_corpus())
+    for record, _ in split_items("warmup", 30):
+        text = teacher_solution(record, random.Random(1), 1.0)
+        assert all(word in corpus for word in text.split())
+
+
+def test_datamodule_prepares_once_and_loads(tmp_path):
+    dm = ShapesDataModule(data_dir=str(tmp_path / "dots"), num_train=3, num_val=1, num_test=2, batch_size=3)
+    dm.prepare_data()
+    stamp = (tmp_path / "dots" / "generated.json").stat().st_mtime_ns
+    dm.prepare_data()
+    assert (tmp_path / "dots" / "generated.json").stat().st_mtime_ns == stamp, "same sizes and seed: not rewritten"
+    dm.setup("fit")
+    (batch,) = list(dm.train_dataloader())
+    assert len(batch) == 3 and all(s.images[0].size == (GRID * CELL, GRID * CELL) for s in batch)
+
+
+def test_warm_start_command_writes_a_loadable_model_and_leaves_the_global_rng_alone(tmp_path, capsys):
+    from perception_rl.policy import Policy
+    from perception_rl.warm_start import main
+
+    state = torch.get_rng_state()
+    main([str(tmp_path / "warm"), "--steps", "3", "--batch-size", "4"])
+    assert torch.equal(torch.get_rng_state(), state), "a first-use warm start must not shift the run's sampling"
+    assert "wrote the warm-started" in capsys.readouterr().out
+    log = json.loads((tmp_path / "warm" / "warm_start.json").read_text())
+    assert log["settings"]["confusion"] == 0.75 and len(log["loss"]) == 3
+    policy = Policy(str(tmp_path / "warm"), max_pixels=12544)
+    model, processor = policy.load_model(), policy.load_processor()
+    assert model.config.tie_word_embeddings and len(processor.tokenizer) < 512

@@ -34,3 +34,14 @@ class KillAtStep(Callback):
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+from lightning.pytorch.strategies import FSDPStrategy  # noqa: E402
+
+
+class CPUFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDP1 strategy on CPU processes, for tests only.
+
+    Lightning refuses `strategy="fsdp"` without a GPU by checking the exact class, so a subclass passes;
+    `GRPOModule` wraps the policy itself with `device_id=strategy.root_device`, which is the CPU here.
+    """

@@ -1,7 +1,7 @@
 """Perception-R1 in miniature: accuracy-only GRPO against the full Perception-R1 reward, on the dots task, on CPU.
 
     python benchmarks/perception_demo/run.py --out runs/perception_demo         # about 10 minutes on 2 cores
-    python benchmarks/perception_demo/run.py --out runs/pd3 --seeds 0 1 2       # three seeds per arm
+    python benchmarks/perception_demo/run.py --out runs/pd3 --seeds 0 1 2       # three seeds per arm, about 22 minutes
 
 Every step is a `perception-rl` command (printed as it runs; its output goes to `<out>/logs/`):
 

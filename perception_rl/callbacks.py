@@ -49,6 +49,7 @@ class RewardCurve(L.Callback):
 
     Args:
         filename: PNG written under `trainer.default_root_dir` (a CSV of the same name sits beside it).
+            Under several processes the curve is process 0's, like the CSV log.
         window: moving-average window in steps; None picks a twentieth of the steps (at least 1).
     """
 
@@ -63,7 +64,9 @@ class RewardCurve(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
-        metrics = trainer.callback_metrics
+        # GRPOModule hands over this step's values, NaN included; another module's logged values are used
+        # as Lightning keeps them (a value not logged this step then repeats the previous one).
+        metrics = getattr(pl_module, "step_metrics", None) or trainer.callback_metrics
         values = {TOTAL: metrics.get(TOTAL)}
         for key, value in metrics.items():
             match = _MEAN.match(key)
@@ -89,13 +92,13 @@ class RewardCurve(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or not self.steps:
             return
-        folder = Path(trainer.default_root_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.write_csv(folder / Path(self.filename).with_suffix(".csv").name)
+        png = Path(trainer.default_root_dir) / self.filename
+        png.parent.mkdir(parents=True, exist_ok=True)
+        self.write_csv(png.with_suffix(".csv"))
         first, last = tenths(self.series["total"])
         print(f"reward: first tenth of steps {first:.3f}, last tenth {last:.3f} (mean total reward over "
               f"{max(1, len(self.steps) // 10)} of {len(self.steps)} steps each)", flush=True)
-        path = self.plot(folder / self.filename)
+        path = self.plot(png)
         if path is not None:
             print(f"reward curve: {path}", flush=True)
 

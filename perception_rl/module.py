@@ -103,6 +103,9 @@ class GRPOModule(L.LightningModule):
         self.processor = None
         self._reference: list[torch.nn.Module] = []  # a list keeps it out of state_dict and checkpoints
         self.skipped_steps = 0
+        # This step's training metrics, NaN included (the logger only gets the finite ones; Lightning's
+        # callback_metrics would still hold an earlier step's value for those). Read by RewardCurve.
+        self.step_metrics: dict[str, float] = {}
         self._rng_to_restore: dict | None = None  # set by a resume, applied right before the next step
         names = [r.name for r in self.rewards]
         self.eval_metrics = torch.nn.ModuleDict({
@@ -347,7 +350,8 @@ class GRPOModule(L.LightningModule):
             "throughput/tokens_per_s": tokens / step_time,
             "throughput/rollout_tokens_per_s": tokens / max(rollout_time, 1e-9),
         }
-        metrics = {f"train/{k}": v for k, v in metrics.items() if not math.isnan(v)}
+        self.step_metrics = {f"train/{k}": v for k, v in metrics.items()}
+        metrics = {k: v for k, v in self.step_metrics.items() if not math.isnan(v)}
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(rollouts.samples))
         self.log("reward", breakdown.log()["reward/total"], prog_bar=True, on_step=True, batch_size=len(rollouts.samples))
 

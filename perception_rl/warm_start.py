@@ -131,7 +131,11 @@ def write_warm_started_model(
     confusion: float = 0.75, seed: int = 0, hidden_size: int = 128, num_layers: int = 2, vision_hidden_size: int = 64,
 ) -> Path:
     """Build the tiny model with a tokenizer for the task, warm-start it and save it to `output_dir`."""
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir).resolve()
+    check_settings(steps=steps, batch_size=batch_size, learning_rate=learning_rate, confusion=confusion)
+    if output_dir.exists() and any(output_dir.iterdir()) and not (output_dir / "warm_start.json").is_file():
+        raise FileExistsError(f"{output_dir} is not empty and holds no earlier warm start: not replacing it "
+                              "(give an empty or new folder)")
     # On a private copy of the global RNG: a run that warm-starts on first use then samples exactly as a
     # run that found the model already written.
     with torch.random.fork_rng(devices=[]):
@@ -156,10 +160,22 @@ def write_warm_started_model(
     return output_dir
 
 
+def check_settings(steps: int, batch_size: int, learning_rate: float, confusion: float) -> None:
+    """Refuse settings that cannot give a warm start, naming the one at fault."""
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"warm start: {name} must be >= 1, got {value}")
+    if not learning_rate > 0:
+        raise ValueError(f"warm start: learning_rate must be > 0, got {learning_rate}")
+    if not 0.0 <= confusion <= 1.0:
+        raise ValueError(f"warm start: confusion must be in [0, 1], got {confusion}")
+
+
 class WarmStartPolicy(Policy):
     """The tiny Qwen2.5-VL after its warm start: written to `model_path` on first use, then loaded from there.
 
-    A folder that already holds a model is used as it is (e.g. a trained run's `hf_model/`).
+    A folder that already holds a model is used as it is (e.g. a trained run's `hf_model/`); a cached warm start
+    (one with `warm_start.json`) must have been made with the settings given, else a clear error.
 
     Args:
         model_path: folder to write to and load from.
@@ -193,16 +209,26 @@ class WarmStartPolicy(Policy):
         min_pixels: int = 3136,
         max_pixels: int = 12544,
     ):
-        if not 0.0 <= confusion <= 1.0:
-            raise ValueError(f"policy.confusion must be in [0, 1], got {confusion}")
+        check_settings(steps, batch_size, learning_rate, confusion)
         super().__init__(model_path, dtype, None, False, freeze_vision_tower, min_pixels, max_pixels)
         self.settings = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
                          "confusion": confusion, "seed": seed, "hidden_size": hidden_size, "num_layers": num_layers,
                          "vision_hidden_size": vision_hidden_size}
 
     def prepare(self) -> None:
-        if not (Path(self.model_path) / "config.json").is_file():
-            write_warm_started_model(self.model_path, **self.settings)
+        folder = Path(self.model_path)
+        if not (folder / "config.json").is_file():
+            write_warm_started_model(folder, **self.settings)
+            return
+        log = folder / "warm_start.json"
+        if log.is_file():  # a cached warm start: it must be the one these settings ask for
+            made = json.loads(log.read_text())["settings"]
+            differ = {k: (made.get(k), v) for k, v in self.settings.items() if made.get(k) != v}
+            if differ:
+                raise ValueError(
+                    f"{folder} holds a warm start made with other settings (found, asked): {differ}; delete the "
+                    "folder to rebuild it, or give another policy.model_path"
+                )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -215,6 +241,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="the teacher's chance of counting an orange dot as red")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    try:
+        check_settings(args.steps, args.batch_size, args.learning_rate, args.confusion)
+    except ValueError as error:
+        parser.error(str(error))
     path = write_warm_started_model(
         args.output_dir, args.steps, args.batch_size, args.learning_rate, args.confusion, args.seed
     )

@@ -69,5 +69,26 @@ def test_history_survives_a_checkpoint_round_trip(tmp_path):
     resumed = RewardCurve()
     resumed.load_state_dict(curve.state_dict())
     assert resumed.steps == curve.steps and resumed.series.keys() == curve.series.keys()
+    assert all(a == b or (math.isnan(a) and math.isnan(b))
+               for name in curve.series for a, b in zip(resumed.series[name], curve.series[name], strict=True))
     with pytest.raises(ValueError, match="window"):
         RewardCurve(window=0)
+
+
+def test_a_modules_step_metrics_win_over_stale_logged_values(tmp_path):
+    """A component without a score this step (NaN) is recorded as NaN, not as the last logged value."""
+    curve = RewardCurve()
+    stale = {"train/reward/total": 0.9, "train/reward/visual/mean": 0.8}  # what Lightning still holds
+    for step, visual in ((1, 0.5), (2, math.nan)):
+        module = SimpleNamespace(step_metrics={"train/reward/total": 0.1 * step, "train/reward/visual/mean": visual})
+        curve.on_train_batch_end(fake_trainer(tmp_path, stale, step), module, None, None, step)
+    assert curve.series["total"] == pytest.approx([0.1, 0.2])
+    assert curve.series["visual"][0] == 0.5 and math.isnan(curve.series["visual"][1])
+
+
+def test_a_filename_in_a_subfolder_keeps_png_and_csv_together(tmp_path):
+    pytest.importorskip("matplotlib")
+    curve = RewardCurve(filename="plots/curve.png")
+    record(curve, tmp_path, 3)
+    curve.on_fit_end(fake_trainer(tmp_path, {}, 3), None)
+    assert (tmp_path / "plots" / "curve.png").is_file() and (tmp_path / "plots" / "curve.csv").is_file()

@@ -94,11 +94,10 @@ def test_the_teacher_takes_orange_dots_for_red_at_the_confusion_rate():
     assert 0.6 < wrong / len(orange) < 0.9
 
 
-def test_every_solution_word_is_in_the_tokenizer_corpus():
-    corpus = " ".join(task_corpus())
-    for record, _ in split_items("warmup", 30):
-        text = teacher_solution(record, random.Random(1), 1.0)
-        assert all(word in corpus for word in text.split())
+def test_every_teacher_solution_and_question_is_in_the_tokenizer_corpus():
+    corpus = set(task_corpus())
+    for record, _ in split_items("warmup", 100):  # confusion 1: the most red dots the teacher ever states
+        assert teacher_solution(record, random.Random(1), 1.0) in corpus and record["problem"] in corpus
 
 
 def test_datamodule_prepares_once_and_loads(tmp_path):
@@ -125,3 +124,23 @@ def test_warm_start_command_writes_a_loadable_model_and_leaves_the_global_rng_al
     policy = Policy(str(tmp_path / "warm"), max_pixels=12544)
     model, processor = policy.load_model(), policy.load_processor()
     assert model.config.tie_word_embeddings and len(processor.tokenizer) < 512
+
+
+def test_warm_start_never_replaces_a_foreign_folder_and_refuses_a_cached_one_with_other_settings(tmp_path, capsys):
+    from perception_rl.warm_start import WarmStartPolicy, main, write_warm_started_model
+
+    foreign = tmp_path / "models"
+    (foreign / "qwen").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="not empty"):
+        write_warm_started_model(foreign, steps=1, batch_size=2)
+    assert (foreign / "qwen").is_dir(), "left untouched"
+
+    write_warm_started_model(tmp_path / "warm", steps=2, batch_size=2)
+    WarmStartPolicy(str(tmp_path / "warm"), steps=2, batch_size=2).prepare()  # the same settings: reused
+    with pytest.raises(ValueError, match=r"other settings.*confusion"):
+        WarmStartPolicy(str(tmp_path / "warm"), steps=2, batch_size=2, confusion=0.0).prepare()
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "bad"), "--confusion", "1.5"])
+    assert "confusion must be in [0, 1], got 1.5" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        WarmStartPolicy(str(tmp_path / "bad"), steps=0)

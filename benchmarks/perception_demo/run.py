@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ ARMS = {"accuracy_only": [str(HERE / "accuracy_only.yaml")], "perception_r1": []
 LABELS = {"warm_start": "warm start (before RL)", "accuracy_only": "accuracy-only GRPO",
           "perception_r1": "Perception-R1 reward"}
 KEYS = {"correct": "accuracy", "perception_correct": "perception-correct"}
+CHECKPOINT_EVERY = 50  # checkpoints.yaml's every_n_train_steps
 
 
 def cli(log: Path, *args: str) -> str:
@@ -55,6 +57,9 @@ def cli(log: Path, *args: str) -> str:
 def train(out: Path, warm: Path, arm: str, seed: int, steps: int) -> Path:
     root = out / "runs" / f"{arm}-seed{seed}"
     if not (root / "hf_model" / "config.json").is_file():
+        # An interrupted fit left a partial run (and maybe evaluations of its checkpoints): start it afresh.
+        for stale in [root, *(out / "eval").glob(f"{arm}-seed{seed}-step*")]:
+            shutil.rmtree(stale, ignore_errors=True)
         cli(out / "logs" / f"fit-{arm}-seed{seed}.log", "fit", "--config", str(DEMO),
             *[a for c in ARMS[arm] for a in ("--config", c)], "--config", str(HERE / "checkpoints.yaml"),
             f"--seed_everything={seed}", f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={root}",
@@ -252,11 +257,12 @@ def summary_sentences(results: dict, seeds: list[int]) -> list[str]:
     return sentences
 
 
-def fingerprint(out: Path) -> str:
+def fingerprint(out: Path, names: list[str]) -> str:
+    """A hash of the predictions of the evaluations `names` (this invocation's, not others in `out`)."""
     digest = hashlib.sha256()
-    for path in sorted((out / "eval").glob("*/eval/test/predictions.jsonl")):
-        digest.update(path.parent.parent.parent.name.encode())
-        digest.update(path.read_bytes())
+    for name in sorted(names):
+        digest.update(name.encode())
+        digest.update((out / "eval" / name / "eval" / "test" / "predictions.jsonl").read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -266,6 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=200, help="GRPO steps per run (the demo's budget)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per arm per seed")
     args = parser.parse_args(argv)
+    if args.steps < CHECKPOINT_EVERY or args.steps % CHECKPOINT_EVERY:
+        parser.error(f"--steps must be a positive multiple of {CHECKPOINT_EVERY} (checkpoints.yaml saves every "
+                     f"{CHECKPOINT_EVERY} steps, and the last one is the end of the budget), got {args.steps}")
     out, start = args.out.resolve(), time.perf_counter()
     # Runs found in `out` are reused, so they must have been made with the same budget.
     stamp = out / "settings.json"
@@ -299,7 +308,9 @@ def main(argv: list[str] | None = None) -> None:
             for key in KEYS:
                 result = compare(out, *folders, key)
                 results["mcnemar"].append({"a": names[0], "b": names[1], "key": key, "result": result})
-    results["fingerprint"] = fingerprint(out)
+    evaluated = ["warm_start", *(f"{name}-step{step}" for name, along in results["held_out_along"].items()
+                                 for step in along)]
+    results["fingerprint"] = fingerprint(out, evaluated)
     plots = plot(out, results, args.seeds)
     seconds = time.perf_counter() - start
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -16,7 +16,9 @@ Qwen2.5-VL with head dim 64 and the synthetic shapes task, both written offline 
   bf16-mixed, sharded checkpoint, full export);
 - lora_bf16: LoRA on CUDA in bf16, adapters saved and merged on export;
 - qlora_4bit: QLoRA with bitsandbytes NF4 on CUDA;
-- vllm_rollout: vLLM rollouts with images (SKIP: the vLLM engine is not part of this checkout yet).
+- vllm_rollout: VLLMEngine with images (bf16): G samples with engine log-probs within 0.1 of the trainer's,
+  greedy tokens that are the trainer's argmax, and after an update of every weight, synced into the engine,
+  greedy outputs that change and match the updated trainer (SKIP where vllm is not importable).
 """
 
 from __future__ import annotations
@@ -170,11 +172,87 @@ def check_qlora_4bit(work: Path) -> str:
 
 
 def check_vllm_rollout(work: Path) -> str:
+    """VLLMEngine on the tiny Qwen2.5-VL with images, against the trainer's own forward pass.
+
+    G samples per prompt whose engine log-probs agree with the trainer's; greedy outputs that are the
+    trainer's greedy choice at every token (up to bf16 near-ties); then an update of every weight, synced
+    into the engine: its greedy outputs change and agree with the updated trainer again.
+    """
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
         return "SKIP vllm is not installed"
-    return "SKIP the vLLM rollout engine is not in this checkout yet"
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process, as in training
+    import torch
+
+    from perception_rl import Policy, RecordDataModule, VLLMEngine
+
+    device = "cpu" if os.environ.get("CHECK_ACCELERATOR") == "cpu" else "cuda"
+    policy = Policy(str(work / "model"), dtype="bfloat16", max_pixels=12544)
+    model, processor = policy.load_model().to(device).eval(), policy.load_processor()
+    data = RecordDataModule(test_files=str(work / "data" / "test.jsonl"), eval_batch_size=4, max_pixels=12544)
+    data.setup("test")
+    samples = next(iter(data.test_dataloader()))
+    engine = VLLMEngine(num_generations=4, max_new_tokens=16, dtype="bfloat16", gpu_memory_utilization=0.3,
+                        max_model_len=2048, sleep_between_rollouts=True)
+    facts: dict = {}
+    start = time.perf_counter()
+    sampled = engine.generate(model, processor, samples)  # starts the engine; checks prompt ids on first use
+    facts["first_rollout_s"] = round(time.perf_counter() - start, 1)
+    facts["rows"] = sampled.completion_ids.shape[0]
+    _require(facts, "rows", 4 * len(samples))
+    facts["logprob_max_abs_gap"] = round(_logprob_gap(model, sampled, device), 4)
+    if facts["logprob_max_abs_gap"] > 0.1:
+        raise AssertionError(f"engine and trainer log-probs differ by up to {facts['logprob_max_abs_gap']}: {facts}")
+
+    before = engine.generate(model, processor, samples, greedy=True)
+    facts["greedy_agreement_before"] = _greedy_agreement(model, before, device)
+    with torch.no_grad():  # the "update": every weight moves, enough to change greedy outputs
+        generator = torch.Generator(device=device).manual_seed(1)
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator, device=device, dtype=param.dtype) * 0.05)
+    engine.on_weights_updated()
+    start = time.perf_counter()
+    after = engine.generate(model, processor, samples, greedy=True)  # syncs the weights first
+    facts["sync_and_rollout_s"] = round(time.perf_counter() - start, 2)
+    facts["greedy_agreement_after"] = _greedy_agreement(model, after, device)
+    facts["outputs_changed"] = before.completions != after.completions
+    _require(facts, "outputs_changed", True)
+    for key in ("greedy_agreement_before", "greedy_agreement_after"):
+        if facts[key] < 1.0:
+            raise AssertionError(f"{key}: the engine's greedy tokens are not the trainer's: {facts}")
+    return json.dumps(facts)
+
+
+def _trainer_logits(model, rollouts, device):
+    """The trainer's logits for every completion token of `rollouts`, by its own forward pass: [N, L, V]."""
+    import torch
+
+    inputs = {k: v.to(device) for k, v in rollouts.model_inputs(torch.arange(len(rollouts))).items()}
+    with torch.no_grad():
+        logits = model(**inputs, logits_to_keep=rollouts.completion_ids.shape[1] + 1).logits[:, :-1]
+    return logits.float().cpu()
+
+
+def _logprob_gap(model, rollouts, device) -> float:
+    """Largest |engine - trainer| log-prob over the sampled tokens."""
+    from perception_rl import grpo
+
+    logp = grpo.token_logprobs(_trainer_logits(model, rollouts, device), rollouts.completion_ids)
+    mask = rollouts.completion_mask.bool()
+    return float((logp[mask] - rollouts.logprobs[mask].float()).abs().max())
+
+
+def _greedy_agreement(model, rollouts, device, tie: float = 0.05) -> float:
+    """Share of the engine's greedy tokens that are the trainer's argmax on the same prefix (within `tie`
+    logits of it: bf16 kernels differ, and a random model has near-ties)."""
+    import torch
+
+    logits = _trainer_logits(model, rollouts, device)  # [N, L, V]
+    chosen = logits.gather(-1, rollouts.completion_ids.unsqueeze(-1)).squeeze(-1)  # [N, L]
+    near_best = chosen >= logits.max(-1).values - tie
+    mask = rollouts.completion_mask.bool()
+    return round(float(near_best[mask].float().mean()), 4) if mask.any() else float(torch.nan)
 
 
 def _require(facts: dict, key: str, expected) -> None:
@@ -198,7 +276,8 @@ def main() -> int:
     parser.add_argument("--wheels", help="folder of wheels to install offline first (pip --no-index)")
     parser.add_argument("--work", help="working folder (default: a temporary one)")
     parser.add_argument("--only", nargs="*", choices=CHECKS, help="run these checks only")
-    parser.add_argument("--timeout", type=int, default=150, help="seconds allowed per check")
+    parser.add_argument("--timeout", type=int, default=150,
+                        help="seconds allowed per check (twice that for vllm_rollout: the engine compiles on start)")
     parser.add_argument("--run", choices=CHECKS, help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -219,7 +298,7 @@ def main() -> int:
     print(f"assets written to {work} in {time.perf_counter() - start:.1f}s", flush=True)
     failures = 0
     for name in args.only or CHECKS:
-        failures += run_check(name, work, args.timeout)
+        failures += run_check(name, work, args.timeout * (2 if name == "vllm_rollout" else 1))
     return 1 if failures else 0
 
 

@@ -5,7 +5,7 @@ The names below are the public surface; YAML configs may use them as short `clas
 
 from perception_rl.annotate import AnnotatePipeline, ChatModel
 from perception_rl.callbacks import RewardCurve
-from perception_rl.data import RecordDataModule, ShapesDataModule
+from perception_rl.data import DotsDataModule, RecordDataModule
 from perception_rl.eval import AnswerJudge, BenchmarkDataModule, BenchmarkEvaluation
 from perception_rl.judge import Judge, JudgeRequest, JudgeVerdict, LocalJudge, OpenAIJudge, RuleJudge
 from perception_rl.module import GRPOModule
@@ -27,8 +27,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccuracyReward", "AnnotatePipeline", "AnswerJudge", "BenchmarkDataModule", "BenchmarkEvaluation", "ChatModel",
-    "FormatReward", "FunctionReward", "GRPOModule", "HFGenerateEngine", "Judge", "JudgeRequest", "JudgeVerdict",
-    "LoRA", "LocalJudge", "OpenAIJudge", "PerceptionReward", "Policy", "RecordDataModule", "RepetitionPenalty",
-    "Reward", "RewardCurve", "RewardOutput", "RolloutEngine", "Rollouts", "RuleJudge", "ShapesDataModule",
+    "DotsDataModule", "FormatReward", "FunctionReward", "GRPOModule", "HFGenerateEngine", "Judge", "JudgeRequest",
+    "JudgeVerdict", "LoRA", "LocalJudge", "OpenAIJudge", "PerceptionReward", "Policy", "RecordDataModule",
+    "RepetitionPenalty", "Reward", "RewardCurve", "RewardOutput", "RolloutEngine", "Rollouts", "RuleJudge",
     "TinyRandomPolicy", "VLLMEngine", "WarmStartPolicy",
 ]

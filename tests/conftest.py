@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random Qwen2.5-VL and the synthetic shapes task, built offline once per session."""
+"""Shared fixtures: a tiny random Qwen2.5-VL and the synthetic dots task, built offline once per session."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def shapes_dir(tmp_path_factory) -> Path:
-    from perception_rl.data.synthetic import write_shapes_dataset
+def dots_dir(tmp_path_factory) -> Path:
+    from perception_rl.data.synthetic import write_dots_dataset
 
-    return write_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", num_train=16, num_val=4, num_test=4, seed=0)
+    return write_dots_dataset(tmp_path_factory.mktemp("data") / "dots", num_train=16, num_val=4, num_test=4, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -64,7 +64,7 @@ def fitted_run(tmp_path_factory, tiny_model_dir) -> Path:
         "fit", "--config", str(REPO_ROOT / "configs/demo.yaml"), "--config", str(extra),
         "--trainer.max_steps=3", f"--trainer.default_root_dir={root}", "--trainer.val_check_interval=2",
         f"--model.policy.model_path={tiny_model_dir}", "--model.kl_coef=0.05",
-        f"--data.data_dir={root / 'shapes'}", "--data.num_train=8", "--data.num_val=4", "--data.num_test=4",
+        f"--data.data_dir={root / 'dots'}", "--data.num_train=8", "--data.num_val=4", "--data.num_test=4",
     )
     return root
 

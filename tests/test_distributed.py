@@ -45,7 +45,7 @@ def fit_two_processes(root: Path, strategy: str, model_dir: Path) -> Path:
         "--trainer.max_steps=2", f"--trainer.default_root_dir={out}", "--trainer.val_check_interval=2",
         f"--model.policy.model_path={model_dir}", "--model.micro_batch_size=4",
         "--model.learning_rate=1e-3",  # updates well above the agreement tolerances below
-        f"--data.data_dir={root / 'shapes'}", "--data.num_train=8", "--data.num_val=4", "--data.num_test=4",
+        f"--data.data_dir={root / 'dots'}", "--data.num_train=8", "--data.num_val=4", "--data.num_test=4",
         f"--model.export_hf_model={strategy in EXPORTS}",
     )
     return out

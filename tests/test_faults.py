@@ -11,12 +11,12 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger
 
 from judge_server import JudgeServer, ServerScript
-from perception_rl import GRPOModule, HFGenerateEngine, OpenAIJudge, PerceptionReward, Policy, ShapesDataModule
+from perception_rl import GRPOModule, HFGenerateEngine, OpenAIJudge, PerceptionReward, Policy, DotsDataModule
 from perception_rl.rewards import FunctionReward
 
 
 @pytest.mark.parametrize("policy", ["abstain", "zero"])
-def test_fit_survives_a_judge_failing_30_percent(tmp_path, tiny_model_dir, shapes_dir, policy):
+def test_fit_survives_a_judge_failing_30_percent(tmp_path, tiny_model_dir, dots_dir, policy):
     script = ServerScript(fault_rate=0.3, faults=("http500", "hang", "unparsable"), sticky_faults=True, hang_s=30.0, seed=1)
     with JudgeServer(script, lifetime_s=120, max_requests=2000) as server:
         judge = OpenAIJudge(
@@ -34,7 +34,7 @@ def test_fit_survives_a_judge_failing_30_percent(tmp_path, tiny_model_dir, shape
             limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         )
         start = time.perf_counter()
-        trainer.fit(module, datamodule=ShapesDataModule(str(shapes_dir.parent / "faults"), num_train=8, max_pixels=12544))
+        trainer.fit(module, datamodule=DotsDataModule(str(dots_dir.parent / "faults"), num_train=8, max_pixels=12544))
         elapsed = time.perf_counter() - start
         judge.close()
     assert trainer.global_step == 3

@@ -21,16 +21,16 @@ def make_module(model_dir, policy_cls=Policy, **kwargs) -> GRPOModule:
     return module
 
 
-def first_batch(shapes_dir, size: int = 2) -> list[Sample]:
-    data = RecordDataModule(str(shapes_dir / "train.jsonl"), batch_size=size, shuffle=False, max_pixels=12544)
+def first_batch(dots_dir, size: int = 2) -> list[Sample]:
+    data = RecordDataModule(str(dots_dir / "train.jsonl"), batch_size=size, shuffle=False, max_pixels=12544)
     data.setup("fit")
     return next(iter(data.train_dataloader()))
 
 
-def test_policy_gradient_step_raises_logprob_of_positive_advantage_completions(tiny_model_dir, shapes_dir):
+def test_policy_gradient_step_raises_logprob_of_positive_advantage_completions(tiny_model_dir, dots_dir):
     module = make_module(tiny_model_dir, learning_rate=1e-2)
     torch.manual_seed(0)
-    rollouts = module.generate(first_batch(shapes_dir))
+    rollouts = module.generate(first_batch(dots_dir))
     advantages = torch.tensor([1.0, -1.0] * (len(rollouts) // 2))
     valid = torch.ones(len(rollouts), dtype=torch.bool)
     everything = torch.arange(len(rollouts))
@@ -50,10 +50,10 @@ def test_policy_gradient_step_raises_logprob_of_positive_advantage_completions(t
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "constant"])
-def test_micro_batch_accumulation_equals_the_whole_batch(tiny_model_dir, shapes_dir, aggregation):
+def test_micro_batch_accumulation_equals_the_whole_batch(tiny_model_dir, dots_dir, aggregation):
     module = make_module(tiny_model_dir, loss_aggregation=aggregation)
     torch.manual_seed(0)
-    rollouts = module.generate(first_batch(shapes_dir))
+    rollouts = module.generate(first_batch(dots_dir))
     rollouts.completion_mask[0, 3:] = 0  # uneven lengths make the token weighting matter
     advantages = torch.linspace(-1, 1, len(rollouts))
     valid = torch.ones(len(rollouts), dtype=torch.bool)
@@ -76,8 +76,8 @@ class NaNGradientPolicy(Policy):
         return model
 
 
-def fit(module: GRPOModule, shapes_dir, tmp_path, **trainer_kwargs) -> L.Trainer:
-    data = RecordDataModule(str(shapes_dir / "train.jsonl"), batch_size=2, max_pixels=12544)
+def fit(module: GRPOModule, dots_dir, tmp_path, **trainer_kwargs) -> L.Trainer:
+    data = RecordDataModule(str(dots_dir / "train.jsonl"), batch_size=2, max_pixels=12544)
     trainer = L.Trainer(
         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=tmp_path, **trainer_kwargs,
@@ -86,21 +86,21 @@ def fit(module: GRPOModule, shapes_dir, tmp_path, **trainer_kwargs) -> L.Trainer
     return trainer
 
 
-def test_non_finite_gradient_skips_the_step(tiny_model_dir, shapes_dir, tmp_path):
+def test_non_finite_gradient_skips_the_step(tiny_model_dir, dots_dir, tmp_path):
     module = make_module(tiny_model_dir, NaNGradientPolicy, export_hf_model=False, learning_rate=1e-2)
     initial = {k: v.clone() for k, v in module.model.state_dict().items()}
-    trainer = fit(module, shapes_dir, tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0)
+    trainer = fit(module, dots_dir, tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0)
     assert module.skipped_steps == 2
     assert trainer.global_step == 0, "a skipped step is not an optimizer step"
     assert all(torch.equal(initial[k], v) for k, v in module.model.state_dict().items()), "weights untouched"
 
 
-def test_several_updates_per_rollout_batch(tiny_model_dir, shapes_dir, tmp_path):
+def test_several_updates_per_rollout_batch(tiny_model_dir, dots_dir, tmp_path):
     module = make_module(
         tiny_model_dir, export_hf_model=False, learning_rate=1e-2, update_epochs=2, num_mini_batches=2,
         micro_batch_size=2, warmup_ratio=0.5,
     )
-    trainer = fit(module, shapes_dir, tmp_path, max_steps=8, limit_val_batches=0)
+    trainer = fit(module, dots_dir, tmp_path, max_steps=8, limit_val_batches=0)
     assert trainer.global_step == 8, "2 rollout batches x 2 epochs x 2 mini-batches"
     assert module.skipped_steps == 0
     # warm-up over ceil(0.5 * 8) = 4 steps, then constant

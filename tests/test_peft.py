@@ -11,7 +11,7 @@ from perception_rl import FunctionReward, GRPOModule, HFGenerateEngine, Policy, 
 from perception_rl.policy import LoRA
 
 
-def fit_lora(model_dir, shapes_dir, root, load_in_4bit=False, **module_kwargs) -> GRPOModule:
+def fit_lora(model_dir, dots_dir, root, load_in_4bit=False, **module_kwargs) -> GRPOModule:
     module = GRPOModule(
         policy=Policy(str(model_dir), max_pixels=12544, lora=LoRA(rank=4, alpha=8), load_in_4bit=load_in_4bit),
         rewards=[FunctionReward("helpers.digit_share", name="digits")],
@@ -23,14 +23,14 @@ def fit_lora(model_dir, shapes_dir, root, load_in_4bit=False, **module_kwargs) -
         accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, default_root_dir=root,
     )
-    trainer.fit(module, datamodule=RecordDataModule(str(shapes_dir / "train.jsonl"), batch_size=2, max_pixels=12544))
+    trainer.fit(module, datamodule=RecordDataModule(str(dots_dir / "train.jsonl"), batch_size=2, max_pixels=12544))
     return module
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, tiny_model_dir, shapes_dir):
+def lora_run(tmp_path_factory, tiny_model_dir, dots_dir):
     root = tmp_path_factory.mktemp("lora")
-    return root, fit_lora(tiny_model_dir, shapes_dir, root)
+    return root, fit_lora(tiny_model_dir, dots_dir, root)
 
 
 def test_lora_trains_only_adapters_of_the_language_model(lora_run):
@@ -42,7 +42,7 @@ def test_lora_trains_only_adapters_of_the_language_model(lora_run):
     assert any(p.abs().sum() > 0 for p in lora_b), "B starts at zero; two steps must move it"
 
 
-def test_lora_export_saves_adapters_and_a_merged_model_equal_to_the_adapted_one(lora_run, tiny_model_dir, shapes_dir):
+def test_lora_export_saves_adapters_and_a_merged_model_equal_to_the_adapted_one(lora_run, tiny_model_dir, dots_dir):
     root, module = lora_run
     export = root / "hf_model"
     assert (export / "adapter" / "adapter_config.json").is_file()
@@ -53,7 +53,7 @@ def test_lora_export_saves_adapters_and_a_merged_model_equal_to_the_adapted_one(
 
     merged = Policy(str(export)).load_model().eval()
     adapted = module.model.eval()
-    data = RecordDataModule(str(shapes_dir / "train.jsonl"), batch_size=2, shuffle=False, max_pixels=12544)
+    data = RecordDataModule(str(dots_dir / "train.jsonl"), batch_size=2, shuffle=False, max_pixels=12544)
     data.setup("fit")
     rollouts = HFGenerateEngine(num_generations=1, max_new_tokens=4).generate(merged, module.processor, next(iter(data.train_dataloader())))
     inputs = rollouts.model_inputs(torch.arange(len(rollouts)))
@@ -61,8 +61,8 @@ def test_lora_export_saves_adapters_and_a_merged_model_equal_to_the_adapted_one(
         assert torch.allclose(merged(**inputs).logits, adapted(**inputs).logits, atol=1e-4)
 
 
-def test_kl_reference_is_the_model_with_adapters_off(tiny_model_dir, shapes_dir, tmp_path):
-    module = fit_lora(tiny_model_dir, shapes_dir, tmp_path, kl_coef=0.1, export_hf_model=False)
+def test_kl_reference_is_the_model_with_adapters_off(tiny_model_dir, dots_dir, tmp_path):
+    module = fit_lora(tiny_model_dir, dots_dir, tmp_path, kl_coef=0.1, export_hf_model=False)
     assert module._reference == [], "no second copy of the model with LoRA"
     # LoRA's B starts at zero, so before the first update the adapted model equals the reference.
     from perception_rl.data.datamodule import RecordDataModule as Data
@@ -70,7 +70,7 @@ def test_kl_reference_is_the_model_with_adapters_off(tiny_model_dir, shapes_dir,
     fresh = GRPOModule(policy=Policy(str(tiny_model_dir), max_pixels=12544, lora=LoRA(rank=4)), kl_coef=0.1,
                        rollout=HFGenerateEngine(num_generations=2, max_new_tokens=6))
     fresh.configure_model()
-    data = Data(str(shapes_dir / "train.jsonl"), batch_size=2, shuffle=False, max_pixels=12544)
+    data = Data(str(dots_dir / "train.jsonl"), batch_size=2, shuffle=False, max_pixels=12544)
     data.setup("fit")
     rollouts = fresh.generate(next(iter(data.train_dataloader())))
     reference = fresh._reference_logprobs(rollouts)
@@ -81,9 +81,9 @@ def test_kl_reference_is_the_model_with_adapters_off(tiny_model_dir, shapes_dir,
     assert not torch.allclose(trained_ref, trained_cur, atol=1e-4)
 
 
-def test_qlora_trains_on_4bit_weights_and_exports_full_precision(tiny_model_dir, shapes_dir, tmp_path):
+def test_qlora_trains_on_4bit_weights_and_exports_full_precision(tiny_model_dir, dots_dir, tmp_path):
     pytest.importorskip("bitsandbytes")
-    module = fit_lora(tiny_model_dir, shapes_dir, tmp_path, load_in_4bit=True)
+    module = fit_lora(tiny_model_dir, dots_dir, tmp_path, load_in_4bit=True)
     base = module.model.get_base_model()
     q_proj = base.model.language_model.layers[0].self_attn.q_proj.base_layer
     assert type(q_proj).__name__ == "Linear4bit"

@@ -14,9 +14,9 @@ from test_rewards import make_record, make_rollouts
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_model_dir, shapes_dir):
+def loaded(tiny_model_dir, dots_dir):
     policy = Policy(str(tiny_model_dir), max_pixels=12544)
-    data = RecordDataModule(str(shapes_dir / "train.jsonl"), max_pixels=12544)
+    data = RecordDataModule(str(dots_dir / "train.jsonl"), max_pixels=12544)
     data.setup("fit")
     samples = [data.datasets["train"][i] for i in range(3)]
     return policy.load_model(), policy.load_processor(), samples, data.datasets["train"].records

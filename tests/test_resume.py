@@ -45,7 +45,7 @@ def config(root: Path, model_dir: Path, data_dir: Path, kill_at: int | None = No
             "rollout": {"class_path": "perception_rl.HFGenerateEngine", "init_args": {"num_generations": 4, "max_new_tokens": 16}},
             "learning_rate": 1e-2, "num_mini_batches": 2, "micro_batch_size": 4,
         },
-        "data": {"class_path": "perception_rl.ShapesDataModule",
+        "data": {"class_path": "perception_rl.DotsDataModule",
                  "init_args": {"data_dir": str(data_dir), "num_train": 6, "num_val": 2, "num_test": 2, "max_pixels": 12544}},
     }))
     return path
@@ -76,7 +76,7 @@ def metrics_by_step(root: Path) -> dict[int, dict[str, str]]:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("uninterrupted")
-    data_dir = root / "shapes"
+    data_dir = root / "dots"
     fit(root, tiny_model_dir, data_dir)
     return root, data_dir
 

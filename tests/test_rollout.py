@@ -20,8 +20,8 @@ def policy(tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def batch(shapes_dir) -> list[Sample]:
-    data = RecordDataModule(str(shapes_dir / "train.jsonl"), batch_size=3, shuffle=False, max_pixels=12544)
+def batch(dots_dir) -> list[Sample]:
+    data = RecordDataModule(str(dots_dir / "train.jsonl"), batch_size=3, shuffle=False, max_pixels=12544)
     data.setup("fit")
     samples = next(iter(data.train_dataloader()))
     # A longer prompt in the middle, so the batch needs left padding.

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from perception_rl.data import ShapesDataModule, load_records, write_shapes_dataset
+from perception_rl.data import DotsDataModule, load_records, write_dots_dataset
 from perception_rl.data.synthetic import CELL, GRID, cell_colours, fact, solution, split_items
 from perception_rl.judge.rules import fact_stated
 from perception_rl.rewards.answers import grade
@@ -24,9 +24,9 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 def test_dataset_is_deterministic_per_seed(tmp_path):
-    a = _tree_bytes(write_shapes_dataset(tmp_path / "a", num_train=4, num_val=2, num_test=2, seed=3))
-    b = _tree_bytes(write_shapes_dataset(tmp_path / "b", num_train=4, num_val=2, num_test=2, seed=3))
-    c = _tree_bytes(write_shapes_dataset(tmp_path / "c", num_train=4, num_val=2, num_test=2, seed=4))
+    a = _tree_bytes(write_dots_dataset(tmp_path / "a", num_train=4, num_val=2, num_test=2, seed=3))
+    b = _tree_bytes(write_dots_dataset(tmp_path / "b", num_train=4, num_val=2, num_test=2, seed=3))
+    c = _tree_bytes(write_dots_dataset(tmp_path / "c", num_train=4, num_val=2, num_test=2, seed=4))
     assert set(a) == {"train.jsonl", "val.jsonl", "test.jsonl"} | {f"images/train_{i:05d}.png" for i in range(4)} | {
         f"images/{s}_{i:05d}.png" for s in ("val", "test") for i in range(2)}
     assert a == b
@@ -36,8 +36,8 @@ def test_dataset_is_deterministic_per_seed(tmp_path):
 
 
 def test_splits_are_separate_streams_whose_prefixes_do_not_depend_on_the_sizes(tmp_path):
-    small = write_shapes_dataset(tmp_path / "small", num_train=3, num_val=2, num_test=5, seed=0)
-    large = write_shapes_dataset(tmp_path / "large", num_train=9, num_val=2, num_test=8, seed=0)
+    small = write_dots_dataset(tmp_path / "small", num_train=3, num_val=2, num_test=5, seed=0)
+    large = write_dots_dataset(tmp_path / "large", num_train=9, num_val=2, num_test=8, seed=0)
     assert (large / "test.jsonl").read_text().splitlines()[:5] == (small / "test.jsonl").read_text().splitlines()
     ids = {split: {r.id for r in load_records(small / f"{split}.jsonl")} for split in ("train", "val", "test")}
     assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
@@ -49,7 +49,7 @@ def test_splits_are_separate_streams_whose_prefixes_do_not_depend_on_the_sizes(t
 
 
 def test_annotations_and_answers_match_what_the_picture_shows(tmp_path):
-    root = write_shapes_dataset(tmp_path, num_train=60, num_val=1, num_test=1, seed=0)
+    root = write_dots_dataset(tmp_path, num_train=60, num_val=1, num_test=1, seed=0)
     kinds, with_orange = Counter(), 0
     for record in load_records(root / "train.jsonl"):
         meta = record.metadata
@@ -101,7 +101,7 @@ def test_every_teacher_solution_and_question_is_in_the_tokenizer_corpus():
 
 
 def test_datamodule_prepares_once_and_loads(tmp_path):
-    dm = ShapesDataModule(data_dir=str(tmp_path / "dots"), num_train=3, num_val=1, num_test=2, batch_size=3)
+    dm = DotsDataModule(data_dir=str(tmp_path / "dots"), num_train=3, num_val=1, num_test=2, batch_size=3)
     dm.prepare_data()
     stamp = (tmp_path / "dots" / "generated.json").stat().st_mtime_ns
     dm.prepare_data()

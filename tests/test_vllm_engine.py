@@ -103,12 +103,12 @@ def test_missing_vllm_is_a_clear_error(tiny_model_dir):
         engine.generate(policy.load_model(), policy.load_processor(), [Sample(record, [], [user_message(record, "", 0)])])
 
 
-def test_importance_weights_scale_the_loss(tiny_model_dir, shapes_dir):
+def test_importance_weights_scale_the_loss(tiny_model_dir, dots_dir):
     from perception_rl.data import RecordDataModule
 
     module = GRPOModule(Policy(str(tiny_model_dir), max_pixels=12544), rollout=HFGenerateEngine(num_generations=2, max_new_tokens=6))
     module.configure_model()
-    data = RecordDataModule(str(shapes_dir / "train.jsonl"), batch_size=2, shuffle=False, max_pixels=12544)
+    data = RecordDataModule(str(dots_dir / "train.jsonl"), batch_size=2, shuffle=False, max_pixels=12544)
     data.setup("fit")
     rollouts = module.generate(next(iter(data.train_dataloader())))
     idx, adv = torch.arange(len(rollouts)), torch.tensor([1.0, -1.0, 0.5, -0.5])

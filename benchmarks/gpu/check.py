@@ -9,7 +9,7 @@ which the lent GPU machine has; no network. The package is imported from this ch
 bitsandbytes (QLoRA check) and vllm (vLLM check) run when importable and SKIP otherwise.
 
 Each check runs in its own subprocess (a crash or hang fails that check only), on a tiny random
-Qwen2.5-VL with head dim 64 and the synthetic shapes task, both written offline first:
+Qwen2.5-VL with head dim 64 and the synthetic dots task, both written offline first:
 - fsdp2_bf16: 3 GRPO steps under FSDP2 (ModelParallelStrategy) with bf16 compute and fp32 master
   weights, HF-generate rollouts, a sharded (distributed) checkpoint and a full Hugging Face export;
 - fsdp1_bf16: the same under Lightning's FSDPStrategy (FSDP1, decoder/vision blocks wrapped,
@@ -38,11 +38,11 @@ STEPS = 3
 
 
 def prepare_assets(work: Path) -> None:
-    from perception_rl.data.synthetic import write_shapes_dataset
+    from perception_rl.data.synthetic import write_dots_dataset
     from perception_rl.tiny import write_tiny_qwen2_5_vl
 
     write_tiny_qwen2_5_vl(work / "model", hidden_size=256, num_layers=2, vision_hidden_size=128)
-    write_shapes_dataset(work / "data", num_train=16, num_val=4, num_test=4)
+    write_dots_dataset(work / "data", num_train=16, num_val=4, num_test=4)
 
 
 def digit_share(completions: list[str], records: list[dict]) -> list[float]:

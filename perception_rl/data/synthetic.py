@@ -130,7 +130,7 @@ def split_items(split: str, count: int, seed: int = 0) -> list[tuple[dict, Image
     return [make_item(rng, i, split) for i in range(count)]
 
 
-def write_shapes_dataset(
+def write_dots_dataset(
     output_dir: str | Path, num_train: int = 1024, num_val: int = 32, num_test: int = 200, seed: int = 0
 ) -> Path:
     """Write train/val/test JSONL files and their PNG images under `output_dir`."""
@@ -146,7 +146,7 @@ def write_shapes_dataset(
     return output_dir
 
 
-class ShapesDataModule(RecordDataModule):
+class DotsDataModule(RecordDataModule):
     """`RecordDataModule` over the synthetic dots task, generated into `data_dir` on first use.
 
     Args:
@@ -193,7 +193,7 @@ class ShapesDataModule(RecordDataModule):
         wanted = {"task": "dots-v1", "sizes": list(self.sizes), "seed": self.seed}
         if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
             return
-        write_shapes_dataset(self.data_dir, *self.sizes, seed=self.seed)
+        write_dots_dataset(self.data_dir, *self.sizes, seed=self.seed)
         stamp.write_text(json.dumps(wanted))
 
 
@@ -205,5 +205,5 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    path = write_shapes_dataset(args.output_dir, args.num_train, args.num_val, args.num_test, args.seed)
+    path = write_dots_dataset(args.output_dir, args.num_train, args.num_val, args.num_test, args.seed)
     print(f"wrote the dots task to {path} (train/val/test .jsonl + images/)")

@@ -144,3 +144,10 @@ def test_warm_start_never_replaces_a_foreign_folder_and_refuses_a_cached_one_wit
     assert "confusion must be in [0, 1], got 1.5" in capsys.readouterr().err
     with pytest.raises(ValueError, match="steps must be >= 1"):
         WarmStartPolicy(str(tmp_path / "bad"), steps=0)
+
+
+def test_negative_sizes_are_refused_with_the_field_named(tmp_path):
+    with pytest.raises(ValueError, match="num_test must be >= 0, got -1"):
+        write_dots_dataset(tmp_path, num_train=2, num_val=1, num_test=-1)
+    with pytest.raises(ValueError, match="num_train, num_val and num_test must be >= 0"):
+        DotsDataModule(data_dir=str(tmp_path), num_val=-2)

@@ -134,6 +134,9 @@ def write_dots_dataset(
     output_dir: str | Path, num_train: int = 1024, num_val: int = 32, num_test: int = 200, seed: int = 0
 ) -> Path:
     """Write train/val/test JSONL files and their PNG images under `output_dir`."""
+    for name, count in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
+        if count < 0:
+            raise ValueError(f"dots task: {name} must be >= 0, got {count}")
     output_dir = Path(output_dir)
     (output_dir / "images").mkdir(parents=True, exist_ok=True)
     for split, count in (("train", num_train), ("val", num_val), ("test", num_test)):
@@ -177,6 +180,10 @@ class DotsDataModule(RecordDataModule):
         min_pixels: int = 3136,
         max_pixels: int = 12544,
     ):
+        if min(num_train, num_val, num_test) < 0:
+            raise ValueError(
+                f"data: num_train, num_val and num_test must be >= 0, got {num_train}, {num_val}, {num_test}"
+            )
         folder = Path(data_dir)
         super().__init__(
             train_files=str(folder / "train.jsonl"), val_files=str(folder / "val.jsonl"),

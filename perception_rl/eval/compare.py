@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from perception_rl.data.records import iter_raw_rows
 from perception_rl.eval.metrics import group_labels, natural_key
 
 _TRUE = {"true", "1", "yes", "1.0"}
@@ -90,18 +91,11 @@ def _outcome(value: Any, where: str, key: str) -> bool:
 
 
 def load_rows(path: Path, key: str, id_field: str = "id") -> dict[str, dict[str, Any]]:
-    """id -> row of a JSONL file; every row must carry the id and a binary `key`."""
+    """id -> row of a JSONL (or .json / .parquet) file; every row must carry the id and a binary `key`."""
     if not path.is_file():
         raise FileNotFoundError(f"compare: file not found: {path}")
     rows: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+    for where, row in iter_raw_rows(path, None):  # JSONL (or .json / .parquet) rows, errors naming the line
         if not isinstance(row, dict) or id_field not in row:
             raise ValueError(f"{where}: a row must be an object with an {id_field!r} field")
         if key not in row:

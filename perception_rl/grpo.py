@@ -6,6 +6,7 @@ length. Every function is covered by tests with hand-worked numbers (tests/test_
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -72,26 +73,99 @@ def clipped_surrogate(
     return loss, was_clipped
 
 
-def aggregate_loss(
-    per_token: torch.Tensor, mask: torch.Tensor, mode: LossAggregation = "token_mean", constant: int | None = None
-) -> torch.Tensor:
-    """Reduce a [N, L] per-token loss over the masked tokens to a scalar.
+def loss_normaliser(mask: torch.Tensor, mode: LossAggregation, max_new_tokens: int | None = None) -> torch.Tensor:
+    """This batch's share of the loss normaliser: sum it over micro-batches and ranks, then pass it to `grpo_loss`.
 
-    - token_mean: sum / number of tokens (DAPO; the paper's released code).
-    - seq_mean_token_mean: mean over sequences of each sequence's token mean (original GRPO).
-    - constant: sum / (N * constant), Dr. GRPO's length-unbiased normaliser (constant = max new tokens).
+    `mask` is the completion mask with abstained rows zeroed; a row with no unmasked token is not a sequence.
+
+    - token_mean: valid tokens (DAPO; the paper's released code).
+    - seq_mean_token_mean: valid sequences (original GRPO: each sequence's token mean, averaged).
+    - constant: valid sequences x max new tokens (Dr. GRPO's length-unbiased normaliser).
     """
-    mask = mask.to(per_token.dtype)
+    mask = mask.float()  # [N, L]
+    sequences = (mask.sum(-1) > 0).sum().float()  # []
     if mode == "token_mean":
-        return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+        return mask.sum()
     if mode == "seq_mean_token_mean":
-        seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)  # [N]
-        return seq.mean()
+        return sequences
     if mode == "constant":
-        if not constant:
+        if not max_new_tokens or max_new_tokens < 1:
             raise ValueError("loss aggregation 'constant' needs a positive normaliser (max new tokens)")
-        return (per_token * mask).sum() / (per_token.shape[0] * constant)
+        return sequences * max_new_tokens
     raise ValueError(f"unknown loss aggregation {mode!r}; choose token_mean, seq_mean_token_mean or constant")
+
+
+@dataclass
+class LossOutput:
+    """A batch's contribution to the GRPO loss and its statistics; contributions of micro-batches add up.
+
+    Attributes:
+        loss: scalar with gradient: this batch's weighted token losses / the whole mini-batch's normaliser.
+        sums: detached sums over this batch's valid tokens (`tokens` counts them), for logged means.
+    """
+
+    loss: torch.Tensor
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __add__(self, other: LossOutput) -> LossOutput:
+        keys = self.sums.keys() | other.sums.keys()
+        zero = torch.zeros((), dtype=torch.float64)
+        sums = {k: self.sums.get(k, zero) + other.sums.get(k, zero) for k in keys}
+        return LossOutput(self.loss.detach() + other.loss.detach(), sums)
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    normaliser: torch.Tensor | float,
+    mode: LossAggregation = "token_mean",
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: KLEstimator = "k3",
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    importance_weights: torch.Tensor | None = None,
+) -> LossOutput:
+    """The GRPO objective of one (micro-)batch: clipped surrogate (x truncated IS weights) + KL - entropy bonus.
+
+    `mask` [N, L] is the completion mask with abstained rows zeroed; `normaliser` is `loss_normaliser` summed
+    over the whole mini-batch on every rank, so micro-batches and ranks add their contributions without
+    reweighting. seq_mean_token_mean weighs each token by 1 / its sequence's length. `entropy` [N, L] must
+    carry a gradient when `entropy_coef > 0`; it is subtracted, so minimising raises the entropy.
+    """
+    mask = mask.to(logp.dtype)  # [N, L]
+    per_token, clipped = clipped_surrogate(logp, old_logp, advantages, clip_low, clip_high, dual_clip)  # [N, L]
+    if importance_weights is not None:
+        per_token = per_token * importance_weights.detach()  # [N, L]
+    sums = {
+        "tokens": mask.sum(),
+        "clip_fraction": (clipped.to(mask.dtype) * mask).sum(),
+        # How far the policy has moved from the one that sampled (0 on the on-policy first update).
+        "approx_kl_to_rollout": (kl_divergence(logp.detach(), old_logp, "k3") * mask).sum(),
+    }
+    if importance_weights is not None:
+        sums["importance_weight"] = (importance_weights * mask).sum()
+    if ref_logp is not None:
+        kl = kl_divergence(logp, ref_logp, kl_estimator)  # [N, L]
+        per_token = per_token + kl_coef * kl
+        sums["kl"] = (kl.detach() * mask).sum()
+    if entropy is not None:
+        if entropy_coef:
+            per_token = per_token - entropy_coef * entropy
+        sums["entropy"] = (entropy.detach() * mask).sum()
+    weights = mask
+    if mode == "seq_mean_token_mean":
+        weights = mask / mask.sum(-1, keepdim=True).clamp(min=1.0)  # [N, L]
+    elif mode not in ("token_mean", "constant"):
+        raise ValueError(f"unknown loss aggregation {mode!r}; choose token_mean, seq_mean_token_mean or constant")
+    normaliser = torch.as_tensor(normaliser, dtype=per_token.dtype, device=per_token.device).clamp(min=1.0)
+    loss = (per_token * weights).sum() / normaliser
+    return LossOutput(loss, {k: v.detach().double().cpu() for k, v in sums.items()})
 
 
 def kl_divergence(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator = "k3") -> torch.Tensor:
@@ -116,12 +190,20 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution at each position ([N, L, V] -> [N, L])."""
+    """Entropy of the next-token distribution at each position ([N, L, V] -> [N, L]), differentiable."""
     logits = logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     p = logp.exp()
     # Suppressed tokens have -inf logits; their 0 * -inf terms contribute 0, not NaN.
     return -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1)
+
+
+@torch.no_grad()
+def entropy_for_logging(logits: torch.Tensor, rows_per_chunk: int = 1024) -> torch.Tensor:
+    """`entropy_from_logits` without gradient, a chunk of positions at a time: no full-vocab fp32 copy."""
+    flat = logits.reshape(-1, logits.shape[-1])  # [N*L, V]
+    out = torch.cat([entropy_from_logits(chunk) for chunk in flat.split(rows_per_chunk)]) if len(flat) else flat.new_zeros(0)
+    return out.view(logits.shape[:-1]).float()  # [N, L]
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

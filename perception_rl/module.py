@@ -214,85 +214,93 @@ class GRPOModule(L.LightningModule):
             )
 
     def update_policy(self, rollouts: Rollouts, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
-        """Optimizer steps on one rollout batch: epochs x mini-batches, each accumulated over micro-batches."""
+        """Optimizer steps on one rollout batch: epochs x mini-batches, each accumulated over micro-batches.
+
+        Each mini-batch's loss is normalised once, by its valid tokens / sequences counted on every rank
+        (`grpo.loss_normaliser`), so micro-batch size and data parallelism leave the gradient unchanged.
+        """
         hp = self.hparams
         n = len(rollouts)
         on_policy = hp.update_epochs == 1 and hp.num_mini_batches == 1
         old_logp = None if on_policy else self._logprobs_no_grad(rollouts, self.model)
         ref_logp = self._reference_logprobs(rollouts) if self.hparams.kl_coef > 0 else None
+        mask = rollouts.completion_mask * valid[:, None]  # [N, L] abstained completions removed
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        totals: dict[str, float] = {}
-        updates = 0
+        total = grpo.LossOutput(torch.zeros((), dtype=torch.float64))  # detached sums, for logging
+        grad_norms: list[float] = []
         for _ in range(hp.update_epochs):
             order = torch.randperm(n) if hp.num_mini_batches > 1 else torch.arange(n)
             for mini in order.chunk(hp.num_mini_batches):
+                local = grpo.loss_normaliser(mask[mini], hp.loss_aggregation, self.rollout.max_new_tokens)
+                normaliser = self._sum_over_ranks(local.reshape(1))[0]
                 optimizer.zero_grad()
-                mask = rollouts.completion_mask[mini] * valid[mini, None]
                 for micro in mini.split(hp.micro_batch_size or len(mini)):
-                    share = self._micro_share(rollouts, valid, micro, mini)
-                    loss, stats = self.policy_loss(rollouts, micro, advantages, valid, old_logp, ref_logp)
-                    self.manual_backward(loss * share)
-                    for key, value in stats.items():
-                        totals[key] = totals.get(key, 0.0) + value * share
-                totals["grad_norm"] = totals.get("grad_norm", 0.0) + self._step(optimizer, scheduler, mask)
-                updates += 1
-        return {key: value / updates for key, value in totals.items()}
-
-    def _micro_share(self, rollouts: Rollouts, valid: torch.Tensor, micro: torch.Tensor, mini: torch.Tensor) -> float:
-        """Weight of a micro-batch in its mini-batch, so accumulated gradients equal the mini-batch loss's."""
-        if self.hparams.loss_aggregation == "token_mean":
-            tokens = lambda idx: float((rollouts.completion_mask[idx] * valid[idx, None]).sum())  # noqa: E731
-            return tokens(micro) / max(tokens(mini), 1.0)
-        return len(micro) / len(mini)
+                    out = self.policy_loss(rollouts, micro, advantages, mask, normaliser, old_logp, ref_logp)
+                    # DDP and FSDP average gradients over ranks; the normaliser already spans all ranks.
+                    self.manual_backward(out.loss * self._world_size())
+                    total = total + out
+                grad_norms.append(self._step(optimizer, scheduler))
+        return self._update_stats(total, grad_norms)
 
     def policy_loss(
         self,
         rollouts: Rollouts,
         indices: torch.Tensor,
         advantages: torch.Tensor,
-        valid: torch.Tensor,
+        mask: torch.Tensor,
+        normaliser: torch.Tensor | float,
         old_logp: torch.Tensor | None,
         ref_logp: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Clipped-surrogate loss (+ KL, - entropy) of the completions at `indices`."""
+    ) -> grpo.LossOutput:
+        """Forward the completions at `indices` and return their contribution to the mini-batch loss.
+
+        `mask` is the [N, L] completion mask with abstained rows zeroed, `normaliser` the mini-batch's
+        `grpo.loss_normaliser` summed over ranks.
+        """
         hp = self.hparams
         logp, entropy = self._forward_logprobs(self.model, rollouts, indices, with_entropy=True)  # [n, L] each
         old = logp.detach() if old_logp is None else old_logp[indices].to(logp.device)  # [n, L]
-        mask = (rollouts.completion_mask[indices] * valid[indices, None]).to(logp.device)  # [n, L]
-        adv = advantages[indices].to(logp.device)  # [n]
-        per_token, clipped = grpo.clipped_surrogate(logp, old, adv, hp.clip_low, hp.clip_high, hp.dual_clip)
-        stats = {
-            "clip_fraction": float(grpo.masked_mean(clipped.float(), mask)),
-            "entropy": float(grpo.masked_mean(entropy, mask)),
-            # How far the policy has moved from the one that sampled (0 on the on-policy first update).
-            "approx_kl_to_rollout": float(grpo.masked_mean(grpo.kl_divergence(logp.detach(), old, "k3"), mask)),
-        }
+        weights = None
         cap = self.rollout.importance_sampling_cap
         if cap is not None and rollouts.logprobs is not None:
             # Truncated importance weights for the engine-vs-trainer mismatch; no gradient through them.
-            weights = torch.exp(old - rollouts.logprobs[indices].to(logp.device)).clamp(max=cap).detach()  # [n, L]
-            per_token = per_token * weights
-            stats["importance_weight"] = float(grpo.masked_mean(weights, mask))
-        if ref_logp is not None:
-            kl = grpo.kl_divergence(logp, ref_logp[indices].to(logp.device), hp.kl_estimator)  # [n, L]
-            per_token = per_token + hp.kl_coef * kl
-            stats["kl"] = float(grpo.masked_mean(kl.detach(), mask))
-        if hp.entropy_coef:
-            per_token = per_token - hp.entropy_coef * entropy
-        loss = grpo.aggregate_loss(per_token, mask, hp.loss_aggregation, constant=self.rollout.max_new_tokens)
-        stats["loss"] = float(loss.detach())
-        return loss, stats
+            weights = torch.exp(old - rollouts.logprobs[indices].to(logp.device)).clamp(max=cap)  # [n, L]
+        return grpo.grpo_loss(
+            logp, old, advantages[indices].to(logp.device), mask[indices].to(logp.device), normaliser,
+            hp.loss_aggregation, hp.clip_low, hp.clip_high, hp.dual_clip,
+            ref_logp=None if ref_logp is None else ref_logp[indices].to(logp.device),
+            kl_coef=hp.kl_coef, kl_estimator=hp.kl_estimator,
+            entropy=entropy, entropy_coef=hp.entropy_coef, importance_weights=weights,
+        )
+
+    def _update_stats(self, total: grpo.LossOutput, grad_norms: list[float]) -> dict[str, float]:
+        """Means over every rank's valid tokens (one all-reduce), the loss per update and the mean grad norm."""
+        keys = sorted(k for k in total.sums if k != "tokens")
+        local = torch.stack([total.loss.detach().double().cpu() / len(grad_norms), total.sums["tokens"]]
+                            + [total.sums[k] for k in keys])
+        summed = self._sum_over_ranks(local).tolist()
+        tokens = max(summed[1], 1.0)
+        stats = {"loss": summed[0], **{k: v / tokens for k, v in zip(keys, summed[2:])}}
+        stats["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        return stats
 
     def _forward_logprobs(
         self, model: torch.nn.Module, rollouts: Rollouts, indices: torch.Tensor, with_entropy: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-token log-probs [n, L] (and entropies) of the sampled completions under `model`."""
+        """Per-token log-probs [n, L] (and entropies) of the sampled completions under `model`.
+
+        The entropy carries a gradient only when the loss uses it (`entropy_coef > 0`); otherwise it is
+        computed for logging, without gradient and a chunk at a time.
+        """
         inputs = {k: v.to(self.device) for k, v in rollouts.model_inputs(indices).items()}
         length = rollouts.completion_ids.shape[1]
         logits = model(**inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :-1]  # [n, L, V]
         logits = logits / self.rollout.temperature  # log-probs of the distribution actually sampled
         logp = grpo.token_logprobs(logits, rollouts.completion_ids[indices].to(self.device))  # [n, L]
-        entropy = grpo.entropy_from_logits(logits.detach()) if with_entropy else None
+        entropy = None
+        if with_entropy:
+            wants_grad = self.hparams.entropy_coef != 0 and torch.is_grad_enabled()
+            entropy = grpo.entropy_from_logits(logits) if wants_grad else grpo.entropy_for_logging(logits)
         return logp, entropy
 
     def _reference_logprobs(self, rollouts: Rollouts) -> torch.Tensor:
@@ -306,7 +314,7 @@ class GRPOModule(L.LightningModule):
         chunks = torch.arange(len(rollouts)).split(self.hparams.micro_batch_size or len(rollouts))
         return torch.cat([self._forward_logprobs(model, rollouts, idx)[0].cpu() for idx in chunks])
 
-    def _step(self, optimizer, scheduler, mask: torch.Tensor) -> float:
+    def _step(self, optimizer, scheduler) -> float:
         """Clip, then step unless the gradient norm is non-finite (that step is skipped and counted)."""
         max_norm = self.hparams.max_grad_norm if self.hparams.max_grad_norm is not None else math.inf
         norm = sharding.clip_grad_norm(self.model, max_norm)
@@ -414,11 +422,25 @@ class GRPOModule(L.LightningModule):
             self.processor.save_pretrained(path)
         self.trainer.strategy.barrier("export_pretrained")
 
-    # ----------------------------------------------------------------- sharding helpers
+    # ----------------------------------------------------------------- distributed helpers
+    @staticmethod
+    def _distributed() -> bool:
+        return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+    def _world_size(self) -> int:
+        return torch.distributed.get_world_size() if self._distributed() else 1
+
+    def _sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum of a small float tensor over all ranks (itself on one process), returned on CPU."""
+        if self._world_size() == 1:
+            return values
+        values = values.to(self.device, torch.float64)
+        torch.distributed.all_reduce(values)
+        return values.cpu()
+
     def _needs_synced_generation(self) -> bool:
         """Sharded weights are gathered in every forward, so all ranks must keep stepping together."""
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        return sharding.is_sharded(self.model) and distributed and torch.distributed.get_world_size() > 1
+        return sharding.is_sharded(self.model) and self._world_size() > 1
 
     def _gathered_for_generation(self):
         return sharding.gathered_for_generation(self.model)

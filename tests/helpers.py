@@ -45,3 +45,77 @@ class CPUFSDPStrategy(FSDPStrategy):
     Lightning refuses `strategy="fsdp"` without a GPU by checking the exact class, so a subclass passes;
     `GRPOModule` wraps the policy itself with `device_id=strategy.root_device`, which is the CPU here.
     """
+
+
+# ---------------------------------------------------------------------------------------------- scripted rollouts
+import zlib  # noqa: E402
+
+import torch  # noqa: E402
+
+from perception_rl.policy import tokenizer_of  # noqa: E402
+from perception_rl.rollout import HFGenerateEngine, Rollouts  # noqa: E402
+from perception_rl.rollout.base import completion_mask, encode_prompts, stop_token_ids  # noqa: E402
+
+
+class ScriptedEngine(HFGenerateEngine):
+    """Completions fixed by each record's id, not sampled: the same rollouts however prompts are split
+    over processes or batches, so one process on the union of two ranks' prompts sees exactly their data.
+
+    Completion k of a prompt is `1 + crc32(id) % 7 + 2k` digit words and an end token: lengths differ
+    between prompts (and so between ranks). With `extra_abstained` the last completion of every group is
+    instead the word "abstain", which `words_or_abstain` abstains on. `last_tokens` and `last_ids` keep the
+    last batch's completion token count and record ids.
+    """
+
+    last_tokens = 0
+    last_ids: list[str] = []
+
+    def __init__(self, num_generations: int = 4, max_new_tokens: int = 24, extra_abstained: bool = False):
+        super().__init__(num_generations=num_generations, max_new_tokens=max_new_tokens)
+        self.extra_abstained = extra_abstained
+
+    def generate(self, model, processor, samples, greedy=False, synced_devices=False) -> Rollouts:
+        tokenizer = tokenizer_of(processor)
+        prompts, inputs = encode_prompts(processor, samples, self.max_prompt_length)
+        group = 1 if greedy else self.num_generations
+        stop = stop_token_ids(model, processor)
+        rows = []
+        for sample in samples:
+            base = 1 + zlib.crc32(sample.record.id.encode()) % 7
+            for k in range(group):
+                words = " ".join(str((base + k + t) % 10) for t in range(base + 2 * k))
+                if self.extra_abstained and k == group - 1:
+                    words = "abstain abstain"
+                rows.append(tokenizer(words, add_special_tokens=False)["input_ids"][: self.max_new_tokens - 1] + [stop[0]])
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+        mask, truncated = completion_mask(ids, stop)
+        ScriptedEngine.last_tokens = int(mask.sum())
+        ScriptedEngine.last_ids = [s.record.id for s in samples]
+        return Rollouts(
+            samples=samples, prompts=prompts, prompt_inputs=inputs, completion_ids=ids, completion_mask=mask,
+            completions=tokenizer.batch_decode(ids, skip_special_tokens=True),
+            group_ids=torch.arange(len(samples)).repeat_interleave(group), group_size=group, truncated=truncated,
+        )
+
+
+def words_or_abstain(completions: list[str], records: list[dict]) -> list[float]:
+    """Number of words, abstaining (NaN) on completions of 3 or 8 words or saying "abstain"."""
+    return [float("nan") if len(t.split()) in (3, 8) or "abstain" in t else float(len(t.split())) for t in completions]
+
+
+class GradientRecorder(Callback):
+    """Saves each rank's flattened gradient before every optimizer step (and its rollout token count)
+    to `<dirpath>/grad_rank<R>_step<S>.pt`, with the
+    record ids it trained on."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad.detach().flatten() for p in pl_module.model.parameters() if p.grad is not None]
+        os.makedirs(self.dirpath, exist_ok=True)
+        torch.save(
+            {"grad": torch.cat(grads).double(), "tokens": ScriptedEngine.last_tokens, "ids": ScriptedEngine.last_ids},
+            os.path.join(self.dirpath, f"grad_rank{trainer.global_rank}_step{trainer.global_step}.pt"),
+        )

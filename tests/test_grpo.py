@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from perception_rl.grpo import (
-    aggregate_loss,
     clipped_surrogate,
+    entropy_for_logging,
     entropy_from_logits,
+    grpo_loss,
     group_advantages,
     kl_divergence,
+    loss_normaliser,
     masked_mean,
     token_logprobs,
 )
@@ -191,9 +193,9 @@ def test_token_mean_gradient_at_ratio_one_is_minus_advantage_over_tokens():
     logp = torch.tensor([[-0.5, -1.0, -2.0], [-0.3, -0.7, -0.1]], dtype=torch.float64, requires_grad=True)
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     adv = torch.tensor([2.0, -1.0], dtype=torch.float64)
-    per_token, clipped = clipped_surrogate(logp, logp.detach(), adv, 0.2, 0.3, dual_clip=3.0)
-    assert not clipped.any()
-    loss = aggregate_loss(per_token, mask, "token_mean")
+    out = grpo_loss(logp, logp.detach(), adv, mask, loss_normaliser(mask, "token_mean"), "token_mean", 0.2, 0.3, 3.0)
+    assert out.sums["clip_fraction"].item() == 0.0
+    loss = out.loss
     # value: -(2 * 3 + (-1) * 2) / 5 = -4 / 5
     assert loss.item() == pytest.approx(-0.8)
     loss.backward()
@@ -201,39 +203,112 @@ def test_token_mean_gradient_at_ratio_one_is_minus_advantage_over_tokens():
     torch.testing.assert_close(logp.grad, expected)
 
 
-# ---------------------------------------------------------------------------------------------- aggregation
+# ---------------------------------------------------------------------------------------------- the loss and its normaliser
 
-PER_TOKEN = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
-MASK = torch.tensor([[1, 1, 0], [1, 0, 0]])
-
-
-def test_aggregate_token_mean():
-    # (1 + 2 + 4) / 3 tokens = 7/3
-    assert aggregate_loss(PER_TOKEN, MASK, "token_mean").item() == pytest.approx(7 / 3)
+# On-policy (ratio 1) every token's loss is -A of its sequence. Row 2 abstained: the trainer zeroes its mask.
+ADV = torch.tensor([1.0, -4.0, 5.0], dtype=torch.float64)
+LOSS_MASK = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+ZERO_LOGP = torch.zeros(3, 3, dtype=torch.float64)
 
 
-def test_aggregate_seq_mean_token_mean():
-    # row means (1 + 2)/2 = 1.5 and 4/1 = 4 -> (1.5 + 4) / 2 = 2.75
-    assert aggregate_loss(PER_TOKEN, MASK, "seq_mean_token_mean").item() == pytest.approx(2.75)
+def loss_of(mode: str, mask=LOSS_MASK, rows=slice(None), normaliser=None, max_new_tokens=4, **kwargs):
+    normaliser = loss_normaliser(LOSS_MASK, mode, max_new_tokens) if normaliser is None else normaliser
+    logp = ZERO_LOGP[rows].clone().requires_grad_(True)
+    out = grpo_loss(logp, ZERO_LOGP[rows], ADV[rows], mask[rows], normaliser, mode, **kwargs)
+    return out, logp
 
 
-def test_aggregate_constant_dr_grpo():
-    # (1 + 2 + 4) / (2 sequences * 4) = 7/8
-    assert aggregate_loss(PER_TOKEN, MASK, "constant", constant=4).item() == pytest.approx(0.875)
+@pytest.mark.parametrize(
+    "mode, normaliser, loss",
+    [
+        # tokens -1, -1 | +4 -> sum 2 over 3 valid tokens
+        ("token_mean", 3.0, 2 / 3),
+        # sequence means -1 and +4 over 2 valid sequences (the abstained row is not a sequence)
+        ("seq_mean_token_mean", 2.0, 1.5),
+        # sum 2 over 2 valid sequences x 4 max new tokens
+        ("constant", 8.0, 0.25),
+    ],
+)
+def test_loss_hand_values_leave_abstained_rows_out(mode, normaliser, loss):
+    assert loss_normaliser(LOSS_MASK, mode, max_new_tokens=4).item() == normaliser
+    out, _ = loss_of(mode)
+    assert out.loss.item() == pytest.approx(loss)
+    assert out.sums["tokens"].item() == 3.0
 
 
-def test_aggregate_bool_mask_and_empty_mask():
-    assert aggregate_loss(PER_TOKEN, MASK.bool(), "token_mean").item() == pytest.approx(7 / 3)
-    empty = torch.zeros(2, 3)
-    assert aggregate_loss(PER_TOKEN, empty, "token_mean").item() == 0.0
-    assert aggregate_loss(PER_TOKEN, empty, "seq_mean_token_mean").item() == 0.0
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "constant"])
+def test_abstained_row_changes_neither_loss_nor_gradient(mode):
+    # The same two valid rows without the abstained one: identical loss and gradients.
+    out, logp = loss_of(mode)
+    out.loss.backward()
+    mask2 = LOSS_MASK[:2]
+    alone = grpo_loss(
+        logp2 := ZERO_LOGP[:2].clone().requires_grad_(True), ZERO_LOGP[:2], ADV[:2], mask2,
+        loss_normaliser(mask2, mode, 4), mode,
+    )
+    alone.loss.backward()
+    assert out.loss.item() == pytest.approx(alone.loss.item())
+    torch.testing.assert_close(logp.grad[:2], logp2.grad)
+    assert not logp.grad[2].any()
 
 
-def test_aggregate_errors():
+def test_seq_mean_gradient_is_advantage_over_length_over_sequences():
+    out, logp = loss_of("seq_mean_token_mean")
+    out.loss.backward()
+    # d/d logp[i, t] = -A_i / len_i / 2 sequences
+    expected = torch.tensor([[-1 / 2 / 2, -1 / 2 / 2, 0.0], [4 / 1 / 2, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(logp.grad, expected)
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "constant"])
+def test_micro_batch_contributions_add_up_to_the_whole(mode):
+    whole, logp = loss_of(mode)
+    whole.loss.backward()
+    parts = [loss_of(mode, rows=rows) for rows in (slice(0, 1), slice(1, 2), slice(2, 3))]
+    for part, _ in parts:
+        part.loss.backward()
+    total = parts[0][0] + parts[1][0] + parts[2][0]
+    assert total.loss.item() == pytest.approx(whole.loss.item())
+    assert total.sums["tokens"].item() == 3.0
+    torch.testing.assert_close(torch.cat([p.grad for _, p in parts]), logp.grad)
+
+
+def test_loss_statistics_are_sums_over_valid_tokens():
+    ref = torch.full((3, 3), -1.0, dtype=torch.float64)  # k3 = e^-1 - (-1) - 1 = e^-1 per token
+    entropy = torch.full((3, 3), 2.0, dtype=torch.float64)
+    out, _ = loss_of("token_mean", ref_logp=ref, kl_coef=0.5, entropy=entropy, entropy_coef=0.1)
+    assert out.sums["kl"].item() == pytest.approx(3 * math.exp(-1))
+    assert out.sums["entropy"].item() == pytest.approx(6.0)
+    assert out.sums["approx_kl_to_rollout"].item() == 0.0
+    # (2 + 0.5 * 3 e^-1 - 0.1 * 3 * 2) / 3
+    assert out.loss.item() == pytest.approx((2 + 1.5 * math.exp(-1) - 0.6) / 3)
+
+
+def test_entropy_bonus_gradient_raises_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
+    zero = torch.zeros(2, 3, dtype=torch.float64)
+    mask = torch.ones(2, 3)
+    out = grpo_loss(zero, zero, torch.zeros(2, dtype=torch.float64), mask, 6.0,
+                    entropy=entropy_from_logits(logits), entropy_coef=1.0)
+    out.loss.backward()
+    with torch.no_grad():
+        stepped = logits - 0.5 * logits.grad
+    assert entropy_from_logits(stepped).sum() > entropy_from_logits(logits).sum()
+
+
+def test_loss_errors():
     with pytest.raises(ValueError, match="constant"):
-        aggregate_loss(PER_TOKEN, MASK, "constant")
+        loss_normaliser(LOSS_MASK, "constant")
     with pytest.raises(ValueError, match="unknown loss aggregation"):
-        aggregate_loss(PER_TOKEN, MASK, "sum")  # type: ignore[arg-type]
+        loss_normaliser(LOSS_MASK, "sum")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown loss aggregation"):
+        loss_of("sum", normaliser=1.0)
+
+
+def test_all_abstained_batch_has_zero_loss_not_nan():
+    out, _ = loss_of("token_mean", mask=torch.zeros(3, 3, dtype=torch.long), normaliser=0.0)
+    assert out.loss.item() == 0.0
 
 
 # ---------------------------------------------------------------------------------------------- KL, log-probs, entropy
@@ -295,7 +370,16 @@ def test_entropy_with_masked_logit_is_finite():
     assert entropy_from_logits(logits).item() == pytest.approx(math.log(2.0), abs=1e-6)
 
 
+def test_entropy_for_logging_equals_the_differentiable_one_without_grad():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11, requires_grad=True)
+    logged = entropy_for_logging(logits, rows_per_chunk=4)
+    assert not logged.requires_grad
+    torch.testing.assert_close(logged, entropy_from_logits(logits).detach())
+
+
 def test_masked_mean():
     # (1 + 2 + 4) / 3; an all-zero mask gives 0, not NaN
-    assert masked_mean(PER_TOKEN, MASK).item() == pytest.approx(7 / 3)
-    assert masked_mean(PER_TOKEN, torch.zeros(2, 3, dtype=torch.bool)).item() == 0.0
+    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    assert masked_mean(values, torch.tensor([[1, 1, 0], [1, 0, 0]])).item() == pytest.approx(7 / 3)
+    assert masked_mean(values, torch.zeros(2, 3, dtype=torch.bool)).item() == 0.0

@@ -1,4 +1,5 @@
-"""GRPOModule on the tiny model: the update moves log-probs the right way, accumulation is exact, bad steps are skipped."""
+"""GRPOModule on the tiny model: the update moves log-probs the right way, the entropy bonus has a gradient, bad
+steps are skipped. (Micro-batching, abstention and data parallelism: tests/test_loss_normalisation.py.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from perception_rl import FunctionReward, GRPOModule, HFGenerateEngine, Policy, RecordDataModule
 from perception_rl.data.datamodule import Sample
+from perception_rl.grpo import loss_normaliser, masked_mean
 
 
 def make_module(model_dir, policy_cls=Policy, **kwargs) -> GRPOModule:
@@ -27,13 +29,24 @@ def first_batch(dots_dir, size: int = 2) -> list[Sample]:
     return next(iter(data.train_dataloader()))
 
 
+def everything_of(rollouts):
+    """Indices, mask and token-mean normaliser of a whole rollout batch with nothing abstained."""
+    mask = rollouts.completion_mask
+    return torch.arange(len(rollouts)), mask, loss_normaliser(mask, "token_mean")
+
+
+def mean_entropy(module, rollouts) -> float:
+    with torch.no_grad():
+        _, entropy = module._forward_logprobs(module.model, rollouts, torch.arange(len(rollouts)), with_entropy=True)
+    return float(masked_mean(entropy, rollouts.completion_mask))
+
+
 def test_policy_gradient_step_raises_logprob_of_positive_advantage_completions(tiny_model_dir, dots_dir):
     module = make_module(tiny_model_dir, learning_rate=1e-2)
     torch.manual_seed(0)
     rollouts = module.generate(first_batch(dots_dir))
     advantages = torch.tensor([1.0, -1.0] * (len(rollouts) // 2))
-    valid = torch.ones(len(rollouts), dtype=torch.bool)
-    everything = torch.arange(len(rollouts))
+    everything, mask, normaliser = everything_of(rollouts)
 
     def sequence_logprobs():
         with torch.no_grad():
@@ -41,30 +54,36 @@ def test_policy_gradient_step_raises_logprob_of_positive_advantage_completions(t
         return (logp * rollouts.completion_mask).sum(-1)
 
     before = sequence_logprobs()
-    loss, stats = module.policy_loss(rollouts, everything, advantages, valid, None, None)
-    assert stats["clip_fraction"] == 0.0 and stats["approx_kl_to_rollout"] == 0.0  # on-policy: ratio is exactly 1
-    loss.backward()
+    out = module.policy_loss(rollouts, everything, advantages, mask, normaliser, None, None)
+    # on-policy: the ratio is exactly 1
+    assert out.sums["clip_fraction"].item() == 0.0 and out.sums["approx_kl_to_rollout"].item() == 0.0
+    out.loss.backward()
     torch.optim.SGD(module.model.parameters(), lr=1e-2).step()
     change = sequence_logprobs() - before
     assert (change[advantages > 0] > 0).all() and (change[advantages < 0] < 0).all()
 
 
-@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "constant"])
-def test_micro_batch_accumulation_equals_the_whole_batch(tiny_model_dir, dots_dir, aggregation):
-    module = make_module(tiny_model_dir, loss_aggregation=aggregation)
+@pytest.mark.parametrize("entropy_coef", [0.0, 1.0])
+def test_entropy_bonus_pushes_towards_higher_entropy(tiny_model_dir, dots_dir, entropy_coef):
+    # Zero advantages: the only gradient is the entropy bonus's, and only when its coefficient is > 0.
+    module = make_module(tiny_model_dir, entropy_coef=entropy_coef)
     torch.manual_seed(0)
     rollouts = module.generate(first_batch(dots_dir))
-    rollouts.completion_mask[0, 3:] = 0  # uneven lengths make the token weighting matter
-    advantages = torch.linspace(-1, 1, len(rollouts))
-    valid = torch.ones(len(rollouts), dtype=torch.bool)
-    valid[5] = False  # an abstained completion is left out
-    whole = torch.arange(len(rollouts))
-    full, _ = module.policy_loss(rollouts, whole, advantages, valid, None, None)
-    accumulated = sum(
-        module._micro_share(rollouts, valid, micro, whole) * module.policy_loss(rollouts, micro, advantages, valid, None, None)[0]
-        for micro in whole.split(3)
-    )
-    assert torch.allclose(full, accumulated, atol=1e-6)
+    everything, mask, normaliser = everything_of(rollouts)
+    before = mean_entropy(module, rollouts)
+    out = module.policy_loss(rollouts, everything, torch.zeros(len(rollouts)), mask, normaliser, None, None)
+    assert out.sums["entropy"].item() / out.sums["tokens"].item() == pytest.approx(before, rel=1e-5)
+    if entropy_coef == 0:
+        assert _gradient_norm(module, out.loss) == 0.0
+        return
+    out.loss.backward()
+    torch.optim.SGD(module.model.parameters(), lr=1.0).step()
+    assert mean_entropy(module, rollouts) > before  # random tiny policy: already close to log(vocab)
+
+
+def _gradient_norm(module, loss) -> float:
+    loss.backward()
+    return float(sum(p.grad.norm() ** 2 for p in module.model.parameters() if p.grad is not None) ** 0.5)
 
 
 class NaNGradientPolicy(Policy):

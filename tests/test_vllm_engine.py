@@ -112,15 +112,21 @@ def test_importance_weights_scale_the_loss(tiny_model_dir, dots_dir):
     data.setup("fit")
     rollouts = module.generate(next(iter(data.train_dataloader())))
     idx, adv = torch.arange(len(rollouts)), torch.tensor([1.0, -1.0, 0.5, -0.5])
-    valid = torch.ones(len(rollouts), dtype=torch.bool)
-    plain, _ = module.policy_loss(rollouts, idx, adv, valid, None, None)
+    mask = rollouts.completion_mask
+    tokens = mask.sum().item()
+
+    def loss_and_weight():
+        out = module.policy_loss(rollouts, idx, adv, mask, mask.sum(), None, None)
+        return out.loss.item(), out.sums.get("importance_weight", torch.tensor(tokens)).item() / tokens
+
+    plain, _ = loss_and_weight()
     with torch.no_grad():
         trainer_logp, _ = module._forward_logprobs(module.model, rollouts, idx)
     rollouts.logprobs = trainer_logp - 0.5  # the engine thought every token 0.5 nats less likely
     module.rollout.importance_sampling_cap = 2.0
-    weighted, stats = module.policy_loss(rollouts, idx, adv, valid, None, None)
-    assert stats["importance_weight"] == pytest.approx(torch.exp(torch.tensor(0.5)).item(), rel=1e-4)
-    assert weighted.item() == pytest.approx(plain.item() * torch.exp(torch.tensor(0.5)).item(), rel=1e-4)
+    weighted, weight = loss_and_weight()
+    assert weight == pytest.approx(torch.exp(torch.tensor(0.5)).item(), rel=1e-4)
+    assert weighted == pytest.approx(plain * torch.exp(torch.tensor(0.5)).item(), rel=1e-4)
     module.rollout.importance_sampling_cap = 1.2  # truncated at the cap
-    capped, stats = module.policy_loss(rollouts, idx, adv, valid, None, None)
-    assert stats["importance_weight"] == pytest.approx(1.2)
+    _, weight = loss_and_weight()
+    assert weight == pytest.approx(1.2)

@@ -2,6 +2,10 @@
 
 Shapes: N = prompts x G completions, flattened so that each group of G is contiguous; L = completion
 length. Every function is covered by tests with hand-worked numbers (tests/test_grpo.py).
+
+The loss has one definition (`grpo_loss`) and one normaliser (`loss_normaliser`): the trainer counts the
+normaliser over a whole mini-batch on every rank, so micro-batches and ranks only add their contributions
+and the gradient does not depend on how the mini-batch is cut.
 """
 
 from __future__ import annotations

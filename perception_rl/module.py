@@ -44,11 +44,14 @@ class GRPOModule(L.LightningModule):
         clip_low: lower PPO clip range (ratio >= 1 - clip_low).
         clip_high: upper PPO clip range (ratio <= 1 + clip_high).
         dual_clip: bound on the loss of negative-advantage tokens (c > 1); None disables it.
-        loss_aggregation: token_mean, seq_mean_token_mean, or constant (Dr. GRPO, divides by max new tokens).
+        loss_aggregation: what the loss of a mini-batch is divided by, counted over every rank and leaving
+            abstained completions out: token_mean (valid tokens), seq_mean_token_mean (valid sequences, each
+            token weighted by 1 / its sequence's length) or constant (Dr. GRPO: valid sequences x max new tokens).
         scale_advantages_by_std: divide group-centred rewards by the group std (False: Dr. GRPO).
         kl_coef: weight of the KL penalty to a frozen copy of the initial policy; 0 loads no reference.
         kl_estimator: k1 or k3.
-        entropy_coef: weight of an entropy bonus (subtracted from the loss).
+        entropy_coef: weight of an entropy bonus (subtracted from the loss, so training raises the entropy);
+            at 0 the entropy is only logged, computed without gradient.
         update_epochs: passes over each rollout batch.
         num_mini_batches: optimizer steps per pass over a rollout batch.
         micro_batch_size: completions per forward/backward (memory knob; gradients are accumulated).

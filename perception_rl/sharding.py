@@ -64,19 +64,33 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 @contextmanager
 def gathered_for_generation(model: torch.nn.Module):
-    """Gather the root's own parameters around `generate` (blocks gather themselves in their forwards)."""
+    """Gather the policy's weights once around `generate`, instead of once per decoded token.
+
+    FSDP2 reshards each block after its forward, so every decoding step would all-gather every block again;
+    here all blocks are unsharded up front and kept so until generation ends (the full weights are held for
+    that long). FSDP1 gathers the root's own parameters; its blocks gather themselves in their forwards.
+    """
     if is_fsdp1(model):
         from torch.distributed.fsdp import FullyShardedDataParallel
 
         with FullyShardedDataParallel.summon_full_params(model, recurse=False, writeback=False):
             yield
     elif is_sharded(model):
+        from torch.distributed.fsdp import FSDPModule
+
         model._get_fsdp_state()._lazy_init()  # private API; a first root forward would do the same
-        model.unshard()
+        blocks = [m for m in model.modules() if isinstance(m, FSDPModule) and m is not model]
+        for block in blocks:
+            block.set_reshard_after_forward(False, recurse=False)
+        for unit in (model, *blocks):
+            unit.unshard()
         try:
             yield
         finally:
-            model.reshard()
+            for unit in (model, *blocks):
+                unit.reshard()
+            for block in blocks:  # as `shard_fsdp2` made them
+                block.set_reshard_after_forward(True, recurse=False)
     else:
         yield
 

@@ -119,3 +119,40 @@ class GradientRecorder(Callback):
             {"grad": torch.cat(grads).double(), "tokens": ScriptedEngine.last_tokens, "ids": ScriptedEngine.last_ids},
             os.path.join(self.dirpath, f"grad_rank{trainer.global_rank}_step{trainer.global_step}.pt"),
         )
+
+
+class RolloutAllGatherBytes(Callback):
+    """Counts the bytes FSDP2 all-gathers during each rollout (`GRPOModule.generate`) and saves them, with the
+    model's full parameter bytes, to `<dirpath>/allgather_rank<R>.json` when training ends."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+        self.per_rollout: list[int] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        original = pl_module.generate
+
+        def counted(*args, **kwargs):
+            real = torch.distributed.all_gather_single
+            gathered = [0]
+
+            def counting(output, *rest, **options):
+                gathered[0] += output.numel() * output.element_size()
+                return real(output, *rest, **options)
+
+            torch.distributed.all_gather_single = counting
+            try:
+                return original(*args, **kwargs)
+            finally:
+                torch.distributed.all_gather_single = real
+                self.per_rollout.append(gathered[0])
+
+        pl_module.generate = counted
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import json
+
+        full = sum(p.numel() * p.element_size() for p in pl_module.model.parameters())  # DTensor numel is global
+        os.makedirs(self.dirpath, exist_ok=True)
+        with open(os.path.join(self.dirpath, f"allgather_rank{trainer.global_rank}.json"), "w") as f:
+            json.dump({"per_rollout": self.per_rollout, "param_bytes": full}, f)

@@ -135,10 +135,15 @@ class GRPOModule(L.LightningModule):
     def _shard(self) -> None:
         from lightning.pytorch.strategies import FSDPStrategy
 
+        # The KL reference is sharded like the policy: a full copy on every rank would cost a model per GPU.
         if getattr(self, "_device_mesh", None) is not None:  # ModelParallelStrategy: FSDP2
-            sharding.shard_fsdp2(self.model, self.device_mesh["data_parallel"], self.hparams.fsdp_param_dtype)
+            for model in (self.model, *self._reference):
+                sharding.shard_fsdp2(model, self.device_mesh["data_parallel"], self.hparams.fsdp_param_dtype)
+            for reference in self._reference:  # forward only: a root left gathered after it would never reshard
+                reference.set_reshard_after_forward(True)
         elif self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
             self.model = sharding.shard_fsdp1(self.model, self.trainer.strategy)
+            self._reference = [sharding.shard_fsdp1(model, self.trainer.strategy) for model in self._reference]
 
     def on_fit_start(self) -> None:
         for reference in self._reference:

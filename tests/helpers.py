@@ -156,3 +156,22 @@ class RolloutAllGatherBytes(Callback):
         os.makedirs(self.dirpath, exist_ok=True)
         with open(os.path.join(self.dirpath, f"allgather_rank{trainer.global_rank}.json"), "w") as f:
             json.dump({"per_rollout": self.per_rollout, "param_bytes": full}, f)
+
+
+class ShardBytes(Callback):
+    """Saves the bytes of the policy's and the KL reference's parameters held by this rank (a DTensor's local
+    shard) to `<dirpath>/shard_bytes_rank<R>.json` when training ends."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import json
+
+        def local_bytes(model) -> int:
+            tensors = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+            return sum(t.numel() * t.element_size() for t in tensors)
+
+        os.makedirs(self.dirpath, exist_ok=True)
+        with open(os.path.join(self.dirpath, f"shard_bytes_rank{trainer.global_rank}.json"), "w") as f:
+            json.dump({"policy": local_bytes(pl_module.model), "reference": local_bytes(pl_module._reference[0])}, f)

@@ -1,4 +1,5 @@
-"""HF `generate` under FSDP2 gathers the policy's weights once per rollout, not once per decoded token.
+"""FSDP2 on two gloo ranks: `generate` gathers the policy's weights once per rollout, and the KL reference is
+sharded like the policy.
 
 FSDP2 reshards every block after its forward; left alone, each decoding step of `generate` would all-gather
 every block again (for a 7B on 8 GPUs about 13 GB per rank per token).
@@ -16,7 +17,7 @@ from test_cli import run_cli
 pytestmark = pytest.mark.slow
 
 
-def test_fsdp2_rollout_gathers_the_weights_once(tmp_path, tiny_model_dir, dots_dir):
+def fit_fsdp2(tmp_path, tiny_model_dir, dots_dir, callback: str, **model) -> None:
     config = {
         "seed_everything": 0,
         "trainer": {
@@ -24,20 +25,24 @@ def test_fsdp2_rollout_gathers_the_weights_once(tmp_path, tiny_model_dir, dots_d
             "enable_progress_bar": False, "limit_val_batches": 0, "default_root_dir": str(tmp_path),
             "strategy": {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
                          "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}},
-            "callbacks": [{"class_path": "helpers.RolloutAllGatherBytes", "init_args": {"dirpath": str(tmp_path)}}],
+            "callbacks": [{"class_path": callback, "init_args": {"dirpath": str(tmp_path)}}],
         },
         "model": {
             "policy": {"class_path": "perception_rl.Policy", "init_args": {"model_path": str(tiny_model_dir), "max_pixels": 12544}},
             "rewards": [{"class_path": "perception_rl.FunctionReward", "init_args": {"function": "helpers.digit_share"}}],
             "rollout": {"class_path": "perception_rl.HFGenerateEngine",
                         "init_args": {"num_generations": 2, "max_new_tokens": 16}},
-            "export_hf_model": False, "preflight": False,
+            "export_hf_model": False, "preflight": False, **model,
         },
         "data": {"class_path": "perception_rl.RecordDataModule",
                  "init_args": {"train_files": str(dots_dir / "train.jsonl"), "batch_size": 2, "max_pixels": 12544}},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     run_cli("fit", "--config", str(tmp_path / "config.yaml"))
+
+
+def test_fsdp2_rollout_gathers_the_weights_once(tmp_path, tiny_model_dir, dots_dir):
+    fit_fsdp2(tmp_path, tiny_model_dir, dots_dir, "helpers.RolloutAllGatherBytes")
     for rank in (0, 1):
         counts = json.loads((tmp_path / f"allgather_rank{rank}.json").read_text())
         full = counts["param_bytes"]
@@ -46,3 +51,12 @@ def test_fsdp2_rollout_gathers_the_weights_once(tmp_path, tiny_model_dir, dots_d
         for gathered in counts["per_rollout"]:
             # once: every parameter's full tensor (shard padding allows a little more)
             assert full <= gathered <= 1.05 * full, f"gathered {gathered / full:.1f}x the weights in one rollout"
+
+
+def test_fsdp2_shards_the_kl_reference_like_the_policy(tmp_path, tiny_model_dir, dots_dir):
+    fit_fsdp2(tmp_path, tiny_model_dir, dots_dir, "helpers.ShardBytes", kl_coef=0.1)
+    full = sum(json.loads((tmp_path / f"shard_bytes_rank{r}.json").read_text())["policy"] for r in (0, 1))
+    for rank in (0, 1):
+        held = json.loads((tmp_path / f"shard_bytes_rank{rank}.json").read_text())
+        print(f"rank {rank}: policy {held['policy']} bytes, reference {held['reference']} bytes (whole model {full})")
+        assert held["reference"] == held["policy"] < 0.6 * full, "each rank holds half of the reference"

@@ -17,14 +17,18 @@ from test_cli import run_cli
 pytestmark = pytest.mark.slow
 
 
-def fit_fsdp2(tmp_path, tiny_model_dir, dots_dir, callback: str, **model) -> None:
+FSDP2 = {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+         "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}}
+FSDP1 = {"class_path": "helpers.CPUFSDPStrategy", "init_args": {"state_dict_type": "sharded"}}
+
+
+def fit_sharded(tmp_path, tiny_model_dir, dots_dir, callback: str, strategy: dict = FSDP2, **model) -> None:
     config = {
         "seed_everything": 0,
         "trainer": {
             "accelerator": "cpu", "devices": 2, "max_steps": 2, "logger": False, "enable_checkpointing": False,
             "enable_progress_bar": False, "limit_val_batches": 0, "default_root_dir": str(tmp_path),
-            "strategy": {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
-                         "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}},
+            "strategy": strategy,
             "callbacks": [{"class_path": callback, "init_args": {"dirpath": str(tmp_path)}}],
         },
         "model": {
@@ -42,7 +46,7 @@ def fit_fsdp2(tmp_path, tiny_model_dir, dots_dir, callback: str, **model) -> Non
 
 
 def test_fsdp2_rollout_gathers_the_weights_once(tmp_path, tiny_model_dir, dots_dir):
-    fit_fsdp2(tmp_path, tiny_model_dir, dots_dir, "helpers.RolloutAllGatherBytes")
+    fit_sharded(tmp_path, tiny_model_dir, dots_dir, "helpers.RolloutAllGatherBytes")
     for rank in (0, 1):
         counts = json.loads((tmp_path / f"allgather_rank{rank}.json").read_text())
         full = counts["param_bytes"]
@@ -53,8 +57,9 @@ def test_fsdp2_rollout_gathers_the_weights_once(tmp_path, tiny_model_dir, dots_d
             assert full <= gathered <= 1.05 * full, f"gathered {gathered / full:.1f}x the weights in one rollout"
 
 
-def test_fsdp2_shards_the_kl_reference_like_the_policy(tmp_path, tiny_model_dir, dots_dir):
-    fit_fsdp2(tmp_path, tiny_model_dir, dots_dir, "helpers.ShardBytes", kl_coef=0.1)
+@pytest.mark.parametrize("strategy", [FSDP2, FSDP1], ids=["fsdp2", "fsdp1"])
+def test_fsdp_shards_the_kl_reference_like_the_policy(tmp_path, tiny_model_dir, dots_dir, strategy):
+    fit_sharded(tmp_path, tiny_model_dir, dots_dir, "helpers.ShardBytes", strategy, kl_coef=0.1)
     full = sum(json.loads((tmp_path / f"shard_bytes_rank{r}.json").read_text())["policy"] for r in (0, 1))
     for rank in (0, 1):
         held = json.loads((tmp_path / f"shard_bytes_rank{rank}.json").read_text())

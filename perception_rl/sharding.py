@@ -8,6 +8,7 @@ only needs the root's own parameters gathered around it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
@@ -102,6 +103,29 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
     else:  # plain tensors, or FSDP2 DTensors (the norm then comes back as a DTensor)
         norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def iter_full_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor) for every entry of the policy's state dict, one tensor at a time, on every rank.
+
+    Sharded weights are all-gathered one parameter at a time on the device they live on (FSDP2), or the
+    root's flat parameters are summoned (FSDP1), so every rank sees the full weights without a whole state
+    dict on CPU. A collective: every rank must iterate to the end, in step.
+    """
+    if is_fsdp1(model):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+            for name, tensor in model.named_parameters():
+                for prefix in _WRAPPER_PREFIXES:
+                    name = name.replace(prefix, "")
+                yield name, tensor.detach()
+        return
+    for name, tensor in model.state_dict().items():
+        yield name, tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:

@@ -175,3 +175,21 @@ class ShardBytes(Callback):
         os.makedirs(self.dirpath, exist_ok=True)
         with open(os.path.join(self.dirpath, f"shard_bytes_rank{trainer.global_rank}.json"), "w") as f:
             json.dump({"policy": local_bytes(pl_module.model), "reference": local_bytes(pl_module._reference[0])}, f)
+
+
+class FullWeightsDigest(Callback):
+    """Iterates `sharding.iter_full_weights` on every rank when training ends and saves each entry's shape and
+    sum to `<dirpath>/full_weights_rank<R>.json`: every rank must see the same full weights."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import json
+
+        from perception_rl.sharding import iter_full_weights
+
+        digest = {name: [list(t.shape), float(t.double().sum())] for name, t in iter_full_weights(pl_module.model)}
+        os.makedirs(self.dirpath, exist_ok=True)
+        with open(os.path.join(self.dirpath, f"full_weights_rank{trainer.global_rank}.json"), "w") as f:
+            json.dump(digest, f)

@@ -65,3 +65,19 @@ def test_fsdp_shards_the_kl_reference_like_the_policy(tmp_path, tiny_model_dir, 
         held = json.loads((tmp_path / f"shard_bytes_rank{rank}.json").read_text())
         print(f"rank {rank}: policy {held['policy']} bytes, reference {held['reference']} bytes (whole model {full})")
         assert held["reference"] == held["policy"] < 0.6 * full, "each rank holds half of the reference"
+
+
+@pytest.mark.parametrize("strategy", [FSDP2, FSDP1], ids=["fsdp2", "fsdp1"])
+def test_every_rank_streams_the_full_weights(tmp_path, tiny_model_dir, dots_dir, strategy):
+    # What a colocated rollout engine on each rank needs after every update: all weights, full size, the same.
+    from perception_rl import Policy
+
+    fit_sharded(tmp_path, tiny_model_dir, dots_dir, "helpers.FullWeightsDigest", strategy, learning_rate=1e-3)
+    ranks = [json.loads((tmp_path / f"full_weights_rank{r}.json").read_text()) for r in (0, 1)]
+    initial = Policy(str(tiny_model_dir)).load_model().state_dict()
+    print(f"{len(ranks[0])} / {len(ranks[1])} tensors on ranks 0 / 1, {len(initial)} in the model")
+    assert set(ranks[0]) == set(ranks[1]) == set(initial), "every rank gets every weight, under its plain name"
+    for name, (shape, total) in ranks[0].items():
+        assert shape == list(initial[name].shape), name
+        assert ranks[1][name][1] == pytest.approx(total, rel=1e-6, abs=1e-6), name
+    assert any(ranks[0][n][1] != pytest.approx(float(initial[n].double().sum())) for n in initial), "trained weights"

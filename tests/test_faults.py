@@ -1,5 +1,6 @@
 """Faults during training: a judge server that errors, hangs or babbles on 30% of requests neither stops nor
-stalls a fit; the failures are counted in the logs and the affected completions leave the loss (abstain)."""
+stalls a fit; the failures are counted in the logs and the affected completions leave the loss (abstain, the
+default) or score 0 ("zero")."""
 
 from __future__ import annotations
 
@@ -44,3 +45,8 @@ def test_fit_survives_a_judge_failing_30_percent(tmp_path, tiny_model_dir, dots_
     requests = sum(float(r["train/reward/visual/judge/requests"]) for r in rows)
     assert requests == 3 * 2 * 4 and 0 < failures < requests, (failures, requests)
     assert sum(float(r["train/reward/visual/judge/failures/timeout"]) for r in rows) > 0, "hangs end as timeouts"
+    # Item outcomes are logged; every failed request abstains under "abstain" (the completion leaves the loss).
+    assert sum(float(r["train/reward/visual/judge/items/answered"]) for r in rows) > 0
+    abstained = sum(float(r.get("train/reward/visual/abstained") or 0) for r in rows)
+    # (>=: a completion identical to a failed one within a step is served the same verdict, counted as a cache hit)
+    assert (abstained >= failures) if policy == "abstain" else abstained == 0, (abstained, failures)

@@ -276,3 +276,109 @@ def test_judges_pickle_as_configuration_only():
 def test_constructor_errors_name_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key):
         RuleJudge(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- issue 12: the judge
+def test_the_default_failure_policy_is_abstain():
+    """A timeout is not evidence that a response misses the facts: by default it abstains (NaN), never scores 0."""
+    from perception_rl.judge import LocalJudge, OpenAIJudge
+
+    for judge in (RuleJudge(), OpenAIJudge(), LocalJudge(model_path="unused"), ScriptedJudge()):
+        assert judge.failure_policy == "abstain", type(judge).__name__
+        assert math.isnan(judge.failure_score)
+
+
+def test_each_item_is_answered_unparsable_or_missing_and_counted():
+    replies = {
+        "words": "<verdict1>1</verdict1><verdict2>present</verdict2>",  # 1 answered, 1 unparsable, 1 missing
+        "full": "<verdict1>0</verdict1><verdict2>1</verdict2><verdict3>1</verdict3><verdict4>yes</verdict4>",  # extra ignored
+    }
+    judge = ScriptedJudge(reply=lambda r: replies[r.response])
+    words, full = judge.judge([JudgeRequest(("a", "b", "c"), "words"), JudgeRequest(("a", "b", "c"), "full")])
+    assert (words.answered, words.unparsable, words.missing) == (1, 1, 1) and words.failure is None
+    assert words.score() == pytest.approx(1 / 3), "an unparsable or missing item counts 0 (the paper's parse)"
+    assert (full.answered, full.unparsable, full.missing) == (3, 0, 0)
+    health = judge.health.snapshot()
+    assert (health["items/answered"], health["items/unparsable"], health["items/missing"]) == (4, 1, 1)
+    assert words.to_dict()["unparsable"] == 1
+
+
+@pytest.mark.parametrize("reply", ["<verdict1>present</verdict1><verdict2>absent</verdict2>", "Both are present.",
+                                   "<verdict1>yes</verdict1>"])
+def test_a_reply_with_no_usable_item_is_an_unparsable_failure_not_a_zero(reply):
+    judge = ScriptedJudge(reply=lambda r: reply)
+    [verdict] = judge.judge([JudgeRequest(("a", "b"), "x")])
+    assert verdict.failure == "unparsable" and math.isnan(verdict.score()) and "verdict" in verdict.error
+    health = judge.health.snapshot()
+    assert health["failures/unparsable"] == 1 and health["items/answered"] == 0
+    assert health["items/unparsable"] + health["items/missing"] == 2
+    assert len(judge._runtime()[2]) == 0, "failures are not cached"
+
+
+def test_the_cache_key_holds_the_judges_identity():
+    """Verdicts saved by one judge are not served by a judge configured otherwise (a resumed run with another judge)."""
+    request = JudgeRequest(FACTS, "I see 2 circles.")
+    first = ScriptedJudge(reply=lambda r: "<verdict1>1</verdict1><verdict2>0</verdict2>")
+    first.judge([request])
+    state = first.state_dict()
+    same = ScriptedJudge(reply=lambda r: "<verdict1>1</verdict1><verdict2>0</verdict2>")
+    same.load_state_dict(state)
+    assert same.judge([request])[0].cached and same.calls == 0, "the same judge resumes from its verdicts"
+    other_prompt = ScriptedJudge(prompt=str(_write_template()))
+    other_prompt.load_state_dict(state)
+    assert not other_prompt.judge([request])[0].cached and other_prompt.calls == 1
+    gap2, gap5 = RuleJudge(max_gap=2), RuleJudge(max_gap=5)
+    gap2.judge([request])
+    gap5.load_state_dict(gap2.state_dict())
+    assert not gap5.judge([request])[0].cached, "max_gap changes RuleJudge's verdicts"
+    assert first.identity()["judge"].endswith("ScriptedJudge") and first.identity()["prompt"] == first.template.hash
+
+
+def _write_template():
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "other.yaml"
+    path.write_text("name: other\nversion: 1\ntag: verdict\nsystem: Reply with <{tag}K> tags.\nuser: '{facts} / {response}'\n")
+    return path
+
+
+def test_pending_verdicts_use_the_judges_public_pipeline_only():
+    """`PendingVerdicts` collects through the callable it was given, not through the judge's private fields."""
+    import inspect
+
+    from perception_rl.judge.base import PendingVerdicts
+
+    assert "judge._" not in inspect.getsource(PendingVerdicts)
+    pending = ScriptedJudge().start([JudgeRequest(("a",), "x")])
+    assert not hasattr(pending, "judge")
+    assert pending.result()[0].values == (1.0,)
+
+
+@pytest.mark.parametrize("module, forbidden", [
+    ("judge/health.py", {"perception_rl.judge.base"}),
+    ("judge/types.py", {"perception_rl.judge.base", "perception_rl.judge.health"}),
+    ("judge/transport.py", {"perception_rl.judge.base", "perception_rl.judge.openai"}),
+    ("annotate/llm.py", {"perception_rl.judge.openai", "perception_rl.judge.base"}),
+])
+def test_judge_layers_import_without_cycles(module, forbidden):
+    """Each layer imports only the layers below it (the shared dataclasses live in judge/types.py), at any depth."""
+    import ast
+    from pathlib import Path
+
+    import perception_rl
+
+    tree = ast.parse((Path(perception_rl.__file__).parent / module).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not imported & forbidden, f"{module} imports {imported & forbidden}"
+
+
+def test_old_names_stay_importable():
+    from perception_rl import JudgeVerdict as top_level
+    from perception_rl.judge import FAILURE_KINDS, JudgeHealth, VerdictCache  # noqa: F401
+    from perception_rl.judge.base import FailurePolicy, JudgeReply, JudgeRequest, JudgeVerdict  # noqa: F401
+    from perception_rl.judge.openai import ChatTransport, auth_headers  # noqa: F401
+    from perception_rl.judge.transport import ChatTransport as moved
+
+    assert ChatTransport is moved and top_level is JudgeVerdict

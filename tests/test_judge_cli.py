@@ -102,3 +102,59 @@ def test_a_config_without_a_judge_is_refused(tmp_path):
     config.write_text("model:\n  rewards: []\n")
     with pytest.raises(ValueError, match="no `judge:` section"):
         judge_spec(str(config))
+
+
+# ---------------------------------------------------------------------------------------------- issue 12: the audit command
+def closed_port() -> int:
+    """A port that nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_no_server_fails_the_command_and_says_where_and_why(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    write_pairs(pairs, 4)
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    result = subprocess.run(
+        [sys.executable, "-m", "perception_rl.cli", "judge", "--config", str(REPO_ROOT / "configs" / "judges" / "openai_local.yaml"),
+         "--input", str(pairs), f"--judge.init_args.base_url={url}", "--judge.init_args.max_retries=0"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode != 0, result.stdout
+    last = (result.stdout + result.stderr).strip().splitlines()[-3:]
+    text = "\n".join(last)
+    assert f"cannot connect to {url}" in text and "is the server running?" in text, text
+    assert "configs/judges/openai_local.yaml" in text and "no judge request succeeded" in text, text
+    assert "connection_error" in text, "the first error's kind"
+
+
+def test_a_judge_that_answers_in_words_fails_the_command(tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    write_pairs(pairs, 3)
+    script = ServerScript(default_reply="<verdict1>present</verdict1><verdict2>present</verdict2>")
+    with JudgeServer(script, lifetime_s=60) as server:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--judge", json.dumps({"class_path": "perception_rl.OpenAIJudge", "init_args": {
+                "base_url": server.url, "model": "judge", "max_retries": 0}}), "--input", str(pairs)])
+    assert exit_info.value.code not in (0, None)
+    out = capsys.readouterr().out
+    assert "unparsable 3" in out and "items: answered 0" in out
+    assert "no verdict" in out.strip().splitlines()[-1], out
+
+
+def test_summary_counts_item_outcomes(tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    write_pairs(pairs, 3)  # 1, 2 and 3 facts
+    replies = {"case-000": "<verdict1>1</verdict1>", "case-001": "<verdict1>yes</verdict1><verdict2>1</verdict2>",
+               "case-002": "<verdict1>1</verdict1>"}
+    with JudgeServer(ServerScript(replies=replies), lifetime_s=60) as server:
+        main(["--judge", json.dumps({"class_path": "perception_rl.OpenAIJudge", "init_args": {"base_url": server.url,
+              "model": "judge"}}), "--input", str(pairs), "--summary_json", str(tmp_path / "s.json")])
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["items"] == {"answered": 3, "unparsable": 1, "missing": 2}
+    assert "items: answered 3, unparsable 1, missing 2" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "pairs.verdicts.jsonl").read_text().splitlines()]
+    assert [(r["answered"], r["unparsable"], r["missing"]) for r in rows] == [(1, 0, 0), (1, 1, 0), (1, 0, 2)]

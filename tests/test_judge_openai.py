@@ -242,3 +242,68 @@ def test_adversarial_responses_gain_nothing(serve, make_judge):
         assert verdict.failure is None and verdict.score() <= honest.score(), attack
         assert verdict.neutralised
     assert judge.health.snapshot()["neutralised"] == len(ATTACKS)
+
+
+# ---------------------------------------------------------------------------------------------- issue 12: identity, concurrency
+def test_a_checkpoint_from_another_judge_is_not_reused(serve, make_judge):
+    """Resuming with another judge (model, server) must ask that judge, not replay the old judge's verdicts."""
+    first_server, second_server = serve(), serve()
+    requests = [JudgeRequest(FACTS, f"response {k}") for k in range(3)]
+    first = make_judge(first_server, model="judge-a")
+    first.judge(requests)
+    state = first.state_dict()
+    resumed = make_judge(first_server, model="judge-a")
+    resumed.load_state_dict(state)
+    assert all(v.cached for v in resumed.judge(requests)) and first_server.requests == 3, "same judge: verdicts reused"
+    other = make_judge(second_server, model="judge-b")
+    other.load_state_dict(state)
+    assert not any(v.cached for v in other.judge(requests))
+    assert second_server.requests == 3, "the new judge's server answers every request"
+
+
+@pytest.mark.parametrize("change", [
+    {"model": "other"}, {"temperature": 0.7}, {"max_tokens": 99}, {"multimodal": True}, {"extra_body": {"seed": 1}},
+])
+def test_every_setting_that_changes_a_verdict_is_in_the_cache_key(serve, make_judge, change):
+    server = serve()
+    request = JudgeRequest(FACTS, "same response")
+    base = make_judge(server)
+    base.judge([request])
+    changed = make_judge(server, **change)
+    changed.load_state_dict(base.state_dict())
+    changed.judge([request])
+    assert server.requests == 2, change
+    assert base.identity() != changed.identity() and "api_key" not in json.dumps(changed.identity())
+
+
+def test_max_concurrency_is_a_total_over_all_training_processes(serve, make_judge, monkeypatch):
+    """The recipe's 512 must stay 512 on 8 ranks, not become 4,096 requests in flight."""
+    server = serve(ServerScript(latency_s=0.05))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    judge = make_judge(server, max_concurrency=10)  # ceil(10 / 4) = 3 per process
+    judge.judge([JudgeRequest(("a",), f"r{k}") for k in range(24)])
+    assert server.max_in_flight == 3
+
+
+@pytest.mark.parametrize("total, world, share", [(512, 8, 64), (10, 4, 3), (2, 8, 1), (1, 1, 1), (7, None, 7), (9, "", 9)])
+def test_concurrency_share_per_process(monkeypatch, total, world, share):
+    from perception_rl.judge.openai import concurrency_share
+
+    if world is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+    assert concurrency_share(total) == share
+
+
+def test_concurrency_share_reads_an_initialised_process_group(monkeypatch, tmp_path):
+    import torch.distributed as dist
+
+    from perception_rl.judge.openai import concurrency_share
+
+    monkeypatch.setenv("WORLD_SIZE", "8")  # stale: the process group says 1
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert concurrency_share(512) == 512
+    finally:
+        dist.destroy_process_group()

@@ -169,3 +169,29 @@ def test_judge_configs_build_without_connecting_or_loading(config, judge_type):
     [visual] = [r for r in rewards_of(REPO_ROOT / "configs" / "judges" / config) if isinstance(r, PerceptionReward)]
     assert type(visual.judge) is judge_type
     assert visual.judge._client is None if judge_type is OpenAIJudge else visual.judge._model is None
+
+
+# ---------------------------------------------------------------------------------------------- issue 12: the judge
+def test_by_default_a_failed_request_abstains_and_masks_the_completion():
+    judge = SlowJudge(reply=lambda r: JudgeReply(failure="timeout", error="slow") if r.response == "bad" else "<verdict1>1</verdict1>")
+    rewards = [PerceptionReward(judge, weight=1.0), FunctionReward(lambda c, r: [1.0] * len(c), name="one")]
+    breakdown = score_all(rewards, make_rollouts(["bad", "good"], [["fact"]]))
+    assert math.isnan(breakdown.outputs["visual"].scores[0]) and math.isnan(breakdown.total[0])
+    assert breakdown.total[1] == 2.0
+
+
+def test_a_judge_that_ignores_the_format_is_counted_not_a_zero():
+    """The review's case: a judge answering "present" in words gave r_vis = 0 with zero logged failures."""
+    judge = SlowJudge(reply=lambda r: "<verdict1>present</verdict1><verdict2>present</verdict2>")
+    output = PerceptionReward(judge)(make_rollouts(["a", "b"], [FACTS]))
+    assert torch.isnan(output.scores).all()
+    logged = output.log("visual")
+    assert logged["visual/abstained"] == 2 and logged["visual/judge/failures/unparsable"] == 2
+    assert logged["visual/judge/items/unparsable"] == 4 and logged["visual/judge/items/answered"] == 0
+
+
+def test_item_outcomes_are_logged_with_the_reward():
+    judge = SlowJudge(reply=lambda r: "<verdict1>1</verdict1>")  # skips the second item
+    logged = PerceptionReward(judge)(make_rollouts(["a"], [FACTS])).log("visual")
+    assert (logged["visual/judge/items/answered"], logged["visual/judge/items/missing"]) == (1, 1)
+    assert logged["visual/mean"] == 0.5

@@ -1,7 +1,7 @@
 """`ChatModel`: the OpenAI-compatible endpoint a stage sends its chat requests to, and its request counters.
 
-It reuses the judge's HTTP layer (`perception_rl.judge.openai.ChatTransport`: concurrency limit, per-attempt
-timeout, retries with backoff, classified failures) and adds what a long offline job needs: requests are
+It sends through the package's HTTP layer (`perception_rl.judge.transport.ChatTransport`: concurrency
+limit, per-attempt timeout, retries with backoff, classified failures) and adds what a long offline job needs: requests are
 streamed through a bounded window (bodies carrying images are built only when a slot is near), and each
 reply is handed to the caller the moment it arrives, so the stage can log it before anything else fails.
 The API key is read from the environment variable *named* by `api_key_env`, at first use.
@@ -18,9 +18,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from perception_rl.judge.base import JudgeReply
-from perception_rl.judge.health import FAILURE_KINDS, percentile
-from perception_rl.judge.openai import ChatTransport, auth_headers
+from perception_rl.judge.health import percentile
+from perception_rl.judge.transport import ChatTransport, auth_headers
+from perception_rl.judge.types import FAILURE_KINDS, JudgeReply
 
 
 @dataclass

@@ -41,10 +41,16 @@ from perception_rl.eval.metrics import (
     PerceptionScore,
     group_labels,
 )
+from perception_rl.judge.types import FAILURE_KINDS, ITEM_OUTCOMES
 from perception_rl.rewards.answers import grade
 from perception_rl.rewards.format import follows_format
 
 _COUNTERS = ("llm_judged", "judge_requests", "judge_changed", "judge_failures")
+# The perception reward's judge health (its `judge/...` counters), summed over batches and processes: an
+# abstaining judge leaves items out of the perception score, and the report says how many and why.
+_PERCEPTION_JUDGE = (
+    "requests", "failures", *(f"failures/{k}" for k in FAILURE_KINDS), *(f"items/{o}" for o in ITEM_OUTCOMES),
+)
 
 
 class BenchmarkEvaluation(torch.nn.Module):
@@ -199,6 +205,9 @@ class BenchmarkEvaluation(torch.nn.Module):
             raise ValueError("evaluation expects one completion per item")
         keep = [s.record.id in self._counted for s in rollouts.samples]
         perception = _perception_scores(module, breakdown, len(rollouts))
+        visual = _perception_output(module, breakdown)
+        for key in _PERCEPTION_JUDGE if visual is not None else ():
+            self._counts[f"perception_judge/{key}"] += int(visual.counters.get(f"judge/{key}", 0))
         rows = [self._row(rollouts, i, perception[i]) for i in range(len(rollouts)) if keep[i]]
         if self.answer_judge is not None:
             self._counts.update(self.answer_judge.settle(rows, [s.record for s, k in zip(rollouts.samples, keep) if k]))
@@ -218,6 +227,7 @@ class BenchmarkEvaluation(torch.nn.Module):
                 counts = {"evaluated": int(self.accuracy.denominator), "correct": int(self.accuracy.numerator),
                           "perception_items": int(self.perception.denominator)}
             counts.update({key: self._reduce_count(key) for key in _COUNTERS})
+            counts["perception_judge"] = _judge_summary({k: self._reduce_count(f"perception_judge/{k}") for k in _PERCEPTION_JUDGE})
         trainer.strategy.barrier("evaluation_finish")
         if trainer.is_global_zero:
             self._write_outputs(totals, groups, counts)
@@ -313,16 +323,35 @@ def _row_field(row: dict[str, Any], name: str) -> Any:
     return row[name] if name in row else (row.get("metadata") or {}).get(name)
 
 
-def _perception_scores(module, breakdown, n: int) -> list[float]:
-    """Per-item score of the first perception reward, NaN where the item has no annotations (or no such reward)."""
+def _perception_output(module, breakdown):
+    """The first perception reward's output for this batch, or None without one."""
     from perception_rl.rewards.perception import PerceptionReward
 
     for reward in getattr(module, "rewards", []):
         if isinstance(reward, PerceptionReward) and reward.name in breakdown.outputs:
-            output = breakdown.outputs[reward.name]
-            scores = output.logged_scores() if hasattr(output, "logged_scores") else output.scores
-            return [float(v) for v in scores.float().tolist()]
-    return [math.nan] * n
+            return breakdown.outputs[reward.name]
+    return None
+
+
+def _perception_scores(module, breakdown, n: int) -> list[float]:
+    """Per-item score of the first perception reward, NaN where the item has no annotations, where its judge
+    abstained, or without such a reward."""
+    output = _perception_output(module, breakdown)
+    if output is None:
+        return [math.nan] * n
+    scores = output.logged_scores() if hasattr(output, "logged_scores") else output.scores
+    return [float(v) for v in scores.float().tolist()]
+
+
+def _judge_summary(counts: dict[str, int]) -> dict[str, Any] | None:
+    """The perception judge's requests, failures by kind and item outcomes in this run; None if it sent none."""
+    if not counts["requests"]:
+        return None
+    return {
+        "requests": counts["requests"], "failures": counts["failures"],
+        "failures_by_kind": {k: counts[f"failures/{k}"] for k in FAILURE_KINDS if counts[f"failures/{k}"]},
+        "items": {o: counts[f"items/{o}"] for o in ITEM_OUTCOMES},
+    }
 
 
 def _padding_rule(trainer) -> tuple[int, int, int] | None:

@@ -147,6 +147,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
         f"| perception score (%) | {_percent(summary['perception'])} ({summary['perception_items']} annotated items) |",
         f"| answers settled by the LLM judge | {summary['llm_judged']} |",
     ]
+    if summary.get("perception_judge"):
+        lines.append(_judge_line(summary["perception_judge"]))
     if summary["skipped"]:
         reasons = ", ".join(f"{reason}: {count}" for reason, count in summary["skipped_reasons"].items())
         lines.append(f"| skipped, by reason | {reasons} |")
@@ -154,6 +156,15 @@ def markdown_table(summary: dict[str, Any]) -> str:
         lines += ["", f"### accuracy by {field}", "", f"| {field} | items | correct | accuracy (%) |", "|---|---:|---:|---:|"]
         lines += [f"| {r['value']} | {r['items']} | {r['correct']} | {_percent(r['accuracy'])} |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _judge_line(judge: dict[str, Any]) -> str:
+    """The perception judge's health in this run: what it was asked, what failed, how its replies parsed."""
+    kinds = ", ".join(f"{kind} {n}" for kind, n in judge["failures_by_kind"].items())
+    items = judge["items"]
+    failed = f"{judge['failures']} failed" + (f" ({kinds})" if kinds else "")
+    return (f"| perception judge | {judge['requests']} requests, {failed}; "
+            f"items answered {items['answered']}, unparsable {items['unparsable']}, missing {items['missing']} |")
 
 
 def _fmt(value: float | None) -> str:

@@ -1,11 +1,18 @@
 """The judge extension point: `Judge` turns (annotations, response) requests into per-item verdicts.
 
-`Judge.start(requests)` neutralises each response, answers what it can from the cache, hands the rest
-to the backend (`launch`, which must not block) and returns a `PendingVerdicts`; `.result()` waits, never
-longer than `batch_timeout`, and parses the backend's replies. Failures never raise there: each verdict
-carries its failure kind, and the failure policy decides what it scores (`failure_score`, `check`).
-Subclasses implement `launch` (asynchronous backends) or `ThreadedJudge.reply_batch` (blocking ones).
-Nothing is loaded or connected in a constructor: runtime state is built on first use.
+`Judge.start(requests)` runs each request through a pipeline and returns a `PendingVerdicts`:
+
+    neutralise  strip what speaks to the judge from the response (`Neutraliser`; only removes text)
+    cache       serve a request this same judge answered before (`VerdictCache`; the key holds the judge's
+                `identity()`, so a checkpoint of one judge never answers for another)
+    backend     `launch` the rest, without blocking (subclasses implement it, or
+                `ThreadedJudge.reply_batch` for blocking backends); one `JudgeReply` per request
+    parse       `PendingVerdicts.result()` waits, never longer than `batch_timeout`, reads each reply into a
+                `JudgeVerdict` (`parse_reply`), caches the successes and counts everything (`JudgeHealth`)
+
+Failures never raise there: each verdict carries its failure kind, and the failure policy decides what it
+scores (`failure_score`, `check`). Nothing is loaded or connected in a constructor: runtime state is
+built on first use.
 """
 
 from __future__ import annotations
@@ -16,96 +23,34 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
-from typing import Literal, get_args
+from functools import partial
+from typing import Any, get_args
 
 from perception_rl.judge.health import JudgeHealth, VerdictCache
 from perception_rl.judge.neutralise import Neutraliser
 from perception_rl.judge.prompt import DEFAULT_PROMPT, PromptTemplate
+from perception_rl.judge.types import (  # re-exported: their home before judge/types.py
+    Average,
+    FailureKind,
+    FailurePolicy,
+    JudgeError,
+    JudgeReply,
+    JudgeRequest,
+    JudgeVerdict,
+)
+
+__all__ = [
+    "Average", "FailureKind", "FailurePolicy", "Judge", "JudgeError", "JudgeReply", "JudgeRequest", "JudgeVerdict",
+    "PendingVerdicts", "ThreadedJudge",
+]
 
 log = logging.getLogger(__name__)
 
-FailurePolicy = Literal["zero", "abstain", "raise"]
-FailureKind = Literal["timeout", "http_error", "connection_error", "unparsable", "error"]
-Average = Literal["reference", "emitted"]
 _GRACE_S = 5.0  # most extra wait beyond batch_timeout, for a backend that does not enforce the deadline itself
-
-
-class JudgeError(RuntimeError):
-    """Raised under `failure_policy: raise` when any request of a batch failed."""
-
-
-@dataclass(frozen=True)
-class JudgeRequest:
-    """One judgement: does `response` state each of `annotations`? `images` (PNG/JPEG bytes) for multimodal judges."""
-
-    annotations: tuple[str, ...]
-    response: str
-    images: tuple[bytes, ...] = ()
-
-    def __post_init__(self):
-        object.__setattr__(self, "annotations", tuple(self.annotations))
-        object.__setattr__(self, "images", tuple(self.images))
-
-
-@dataclass(frozen=True)
-class JudgeReply:
-    """What a backend returned for one request: the reply text, or a failure kind with a message."""
-
-    text: str | None = None
-    failure: FailureKind | None = None
-    error: str = ""
-    latency_s: float = 0.0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    retries: int = 0
-
-
-@dataclass(frozen=True)
-class JudgeVerdict:
-    """Parsed verdicts of one request. `values[k]` in [0, 1] for fact k+1, possibly fewer than `num_items`."""
-
-    values: tuple[float, ...]
-    num_items: int
-    failure: FailureKind | None = None
-    reply: str | None = None
-    error: str = ""
-    latency_s: float = 0.0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cached: bool = False
-    neutralised: bool = False
-
-    def score(self, average: Average = "reference") -> float:
-        """Fraction of facts judged present; NaN on failure (the failure policy maps it), 0 without facts.
-
-        "reference" divides by the number of facts (a fact the judge skipped counts 0); "emitted" averages
-        the verdicts the judge gave, as the authors' code does. Verdicts past the last fact never count.
-        """
-        if self.failure is not None:
-            return math.nan
-        values = self.values[: self.num_items]
-        if average == "emitted":
-            return sum(values) / len(values) if values else 0.0
-        return sum(values) / self.num_items if self.num_items else 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "values": list(self.values), "num_items": self.num_items, "failure": self.failure, "error": self.error,
-            "reply": self.reply, "latency_s": self.latency_s, "tokens_in": self.tokens_in,
-            "tokens_out": self.tokens_out, "cached": self.cached, "neutralised": self.neutralised,
-        }
-
-
-@dataclass
-class _Slot:
-    """Where request i's verdict comes from: ready now, or reply `index` of the launched batch."""
-
-    ready: JudgeVerdict | None = None
-    index: int = -1
-    removed: int = 0
 
 
 class Judge(ABC):
@@ -113,8 +58,10 @@ class Judge(ABC):
 
     Args:
         prompt: a shipped prompt template by name ("perception-v1") or the path of a template YAML file.
-        failure_policy: what a failed request scores: "zero"; "abstain" (NaN: the completion is left
-            out of the loss); or "raise" (the training step fails with `JudgeError`).
+        failure_policy: what a failed request (timeout, HTTP or connection error, a reply without one
+            usable verdict) scores: "abstain" (NaN: the completion is left out of the advantage and the
+            loss); "zero" (scores 0, so judge outages become negative advantages); or "raise" (the
+            training step fails with `JudgeError`).
         cache_size: verdicts remembered for identical requests, within and across steps; 0 disables.
         batch_timeout: most seconds one batch may take; requests unanswered by then count as timeouts.
     """
@@ -124,7 +71,7 @@ class Judge(ABC):
     def __init__(
         self,
         prompt: str = DEFAULT_PROMPT,
-        failure_policy: FailurePolicy = "zero",
+        failure_policy: FailurePolicy = "abstain",
         cache_size: int = 100_000,
         batch_timeout: float = 600.0,
     ):
@@ -162,10 +109,18 @@ class Judge(ABC):
         return self.template, self._neutraliser, self._cache
 
     def state_dict(self) -> dict:
-        """The verdict cache, so a resumed run answers exactly the requests the uninterrupted run would."""
-        return {"cache": self._runtime()[2].state_dict()}
+        """The verdict cache and whose verdicts they are, so a resumed run answers exactly what the
+        uninterrupted run would (and a run resumed with another judge asks that judge)."""
+        return {"identity": self.identity(), "cache": self._runtime()[2].state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        saved = state.get("identity")
+        if saved is None or _canonical(saved) != _canonical(self.identity()):
+            # Its keys could never match this judge's requests (they hold the identity): start empty instead.
+            if state.get("cache", {}).get("entries"):
+                log.warning("judge: the checkpoint's verdict cache comes from another judge (%s; this one is %s); "
+                            "not reused", saved, self.identity())
+            return
         self._runtime()[2].load_state_dict(state.get("cache", {}))
 
     def __getstate__(self) -> dict:
@@ -181,30 +136,50 @@ class Judge(ABC):
         the caller stops waiting; a backend should answer unfinished requests with timeouts by then.
         """
 
+    def identity(self) -> dict[str, Any]:
+        """Everything besides the request that decides a verdict: the judge class and the prompt's hash here;
+        subclasses add their model and sampling settings. Part of every cache key (never a secret)."""
+        return {"judge": f"{type(self).__module__}.{type(self).__qualname__}", "prompt": self.template.hash}
+
     def start(self, requests: list[JudgeRequest]) -> PendingVerdicts:
-        """Begin judging; the returned handle's `result()` collects the verdicts."""
-        template, neutralise, cache = self._runtime()
-        slots, todo, keys, index_of = [], [], [], {}
+        """Begin judging (neutralise -> cache -> backend); the returned handle's `result()` parses the replies."""
+        _, neutralise, cache = self._runtime()
+        identity = _digest(_canonical(self.identity()))
+        batch = _Batch()
         for request in requests:
             if not request.annotations:  # nothing to check: no judge call
-                slots.append(_Slot(ready=JudgeVerdict((), 0)))
+                batch.add_ready(JudgeVerdict((), 0))
                 continue
-            clean, removed = neutralise(request.response)
+            clean, removed = neutralise(request.response)  # 1. neutralise
             request = replace(request, response=clean)
-            key = self._key(template, request)
-            hit = cache.get(key)
-            if hit is not None:
-                slots.append(_Slot(ready=_as_repeat(hit), removed=removed))
-            elif key in index_of:
-                slots.append(_Slot(index=index_of[key], removed=removed))
-            else:
-                index_of[key] = len(todo)
-                slots.append(_Slot(index=len(todo), removed=removed))
-                todo.append(request)
-                keys.append(key)
+            key = _request_key(identity, request)
+            batch.add(request, key, cache.get(key), neutralised=removed > 0)  # 2. cache; repeats are sent once
         deadline = time.monotonic() + self.batch_timeout
-        future = self.launch(todo, deadline) if todo else _completed([])
-        return PendingVerdicts(self, slots, todo, keys, future, deadline)
+        future = self.launch(batch.todo, deadline) if batch.todo else _completed([])  # 3. backend
+        collect = partial(self._collect, batch)  # 4. parse, when the caller asks for the result
+        return PendingVerdicts(future, len(batch.todo), deadline, self.batch_timeout, collect)
+
+    def parse_reply(self, request: JudgeRequest, reply: JudgeReply) -> JudgeVerdict:
+        """One backend reply as a verdict: per-item values, or a failure (the backend's, or "unparsable"
+        when no item of the reply holds a number: a judge answering "present" in words scores nothing)."""
+        common = dict(
+            num_items=len(request.annotations), reply=reply.text, latency_s=reply.latency_s,
+            tokens_in=reply.tokens_in, tokens_out=reply.tokens_out,
+        )
+        if reply.failure is not None:
+            return JudgeVerdict((), failure=reply.failure, error=reply.error, **common)
+        tag = self.template.tag
+        items = self.template.parse_items(reply.text or "")
+        if items is None:
+            error = f"the reply holds no verdict tag <{tag}1>..</{tag}1>"
+            return JudgeVerdict((), failure="unparsable", error=error, **common)
+        unparsable = sum(value is None for value in items[: len(request.annotations)])
+        verdict = JudgeVerdict(tuple(0.0 if v is None else v for v in items), unparsable=unparsable, **common)
+        if verdict.answered == 0:
+            error = (f"no verdict tag <{tag}K> holds a number ({verdict.unparsable} unparsable, "
+                     f"{verdict.missing} missing of {verdict.num_items} items)")
+            return replace(verdict, failure="unparsable", error=error)
+        return verdict
 
     def judge(self, requests: list[JudgeRequest]) -> list[JudgeVerdict]:
         """Judge and wait; raises `JudgeError` under the "raise" policy if any request failed."""
@@ -225,6 +200,11 @@ class Judge(ABC):
         return False
 
     @property
+    def endpoint(self) -> str:
+        """Where verdicts come from, for messages (a server's URL, a model's path)."""
+        return f"{type(self).__name__} (in process)"
+
+    @property
     def failure_score(self) -> float:
         """What a failed request scores: 0 under "zero", NaN (abstain) otherwise."""
         return 0.0 if self.failure_policy == "zero" else math.nan
@@ -241,37 +221,74 @@ class Judge(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(prompt={self.prompt!r}, failure_policy={self.failure_policy!r})"
 
-    # ----------------------------------------------------------------- helpers
-    def _key(self, template: PromptTemplate, request: JudgeRequest) -> str:
-        """Digest of everything that determines the reply (the prompt's hash included)."""
-        digest = hashlib.sha256(json.dumps([template.hash, request.annotations, request.response]).encode())
-        for image in request.images:
-            digest.update(hashlib.sha256(image).digest())
-        return digest.hexdigest()
+    # ----------------------------------------------------------------- the parse stage
+    def _collect(self, batch: _Batch, replies: list[JudgeReply]) -> list[JudgeVerdict]:
+        """Parse the replies, remember the successes, count every verdict with facts; in request order."""
+        fresh = [self.parse_reply(request, reply) for request, reply in zip(batch.todo, replies)]
+        for key, verdict in zip(batch.keys, fresh):
+            self._cache.put(key, verdict)
+        verdicts = batch.assemble(fresh)
+        for verdict, index in zip(verdicts, batch.sources):
+            if verdict.num_items:  # requests without facts were never sent
+                self.health.record(verdict, replies[index].retries if index >= 0 and not verdict.cached else 0)
+        return verdicts
 
-    def _verdict(self, request: JudgeRequest, reply: JudgeReply) -> JudgeVerdict:
-        common = dict(
-            num_items=len(request.annotations), reply=reply.text, latency_s=reply.latency_s,
-            tokens_in=reply.tokens_in, tokens_out=reply.tokens_out,
-        )
-        if reply.failure is not None:
-            return JudgeVerdict((), failure=reply.failure, error=reply.error, **common)
-        values = self.template.parse(reply.text or "")
-        if values is None:
-            return JudgeVerdict((), failure="unparsable", error="the reply holds no verdict tag", **common)
-        return JudgeVerdict(values, **common)
+
+class _Batch:
+    """One `start` call: per request, a verdict ready now (no facts, a cache hit) or the index of the request
+    sent for it; identical requests of the batch are sent once."""
+
+    def __init__(self):
+        self.todo: list[JudgeRequest] = []
+        self.keys: list[str] = []
+        self.sources: list[int] = []  # index into `todo`, or -1 for a ready verdict
+        self._ready: dict[int, JudgeVerdict] = {}
+        self._neutralised: list[bool] = []
+        self._index_of: dict[str, int] = {}
+
+    def add_ready(self, verdict: JudgeVerdict, neutralised: bool = False) -> None:
+        self._ready[len(self.sources)] = verdict
+        self.sources.append(-1)
+        self._neutralised.append(neutralised)
+
+    def add(self, request: JudgeRequest, key: str, hit: JudgeVerdict | None, neutralised: bool) -> None:
+        if hit is not None:
+            self.add_ready(_as_repeat(hit), neutralised)
+            return
+        if key not in self._index_of:
+            self._index_of[key] = len(self.todo)
+            self.todo.append(request)
+            self.keys.append(key)
+        self.sources.append(self._index_of[key])
+        self._neutralised.append(neutralised)
+
+    def assemble(self, fresh: list[JudgeVerdict]) -> list[JudgeVerdict]:
+        verdicts, seen = [], set()
+        for slot, index in enumerate(self.sources):
+            if index < 0:
+                verdict = self._ready[slot]
+            elif index in seen:  # the same request twice in one batch: judged once
+                verdict = _as_repeat(fresh[index])
+            else:
+                seen.add(index)
+                verdict = fresh[index]
+            verdicts.append(replace(verdict, neutralised=self._neutralised[slot]))
+        return verdicts
 
 
 @dataclass
 class PendingVerdicts:
-    """Verdicts being computed. `result()` waits (bounded by the judge's batch_timeout) and is idempotent."""
+    """Verdicts being computed. `result()` waits (never past `deadline` plus a grace) and is idempotent.
 
-    judge: Judge
-    slots: list[_Slot]
-    requests: list[JudgeRequest]
-    keys: list[str]
+    `collect` turns the backend's replies into the verdicts of every request of the batch (the judge's
+    parse stage), so this handle needs nothing else from the judge.
+    """
+
     future: Future
+    size: int
     deadline: float
+    batch_timeout: float
+    collect: Callable[[list[JudgeReply]], list[JudgeVerdict]]
     _verdicts: list[JudgeVerdict] | None = field(default=None, repr=False)
 
     def done(self) -> bool:
@@ -279,43 +296,23 @@ class PendingVerdicts:
 
     def result(self) -> list[JudgeVerdict]:
         if self._verdicts is None:
-            replies = self._wait()
-            fresh = [self.judge._verdict(r, reply) for r, reply in zip(self.requests, replies)]
-            for key, verdict in zip(self.keys, fresh):
-                self.judge._cache.put(key, verdict)
-            self._verdicts = self._assemble(fresh, [reply.retries for reply in replies])
+            self._verdicts = self.collect(self._wait())
         return self._verdicts
 
     def _wait(self) -> list[JudgeReply]:
-        n = len(self.requests)
+        n = self.size
         try:
-            grace = min(_GRACE_S, 0.5 * self.judge.batch_timeout)
+            grace = min(_GRACE_S, 0.5 * self.batch_timeout)
             replies = self.future.result(timeout=max(0.0, self.deadline - time.monotonic()) + grace)
         except FutureTimeout:
             self.future.cancel()
-            return [JudgeReply(failure="timeout", error=f"batch_timeout of {self.judge.batch_timeout}s passed")] * n
+            return [JudgeReply(failure="timeout", error=f"batch_timeout of {self.batch_timeout}s passed")] * n
         except Exception as err:  # a backend bug must not kill training under the zero/abstain policies
             log.warning("judge backend failed on a batch of %d: %r", n, err)
             return [JudgeReply(failure="error", error=repr(err))] * n
         if len(replies) != n:
             return [JudgeReply(failure="error", error=f"backend returned {len(replies)} replies for {n} requests")] * n
         return replies
-
-    def _assemble(self, fresh: list[JudgeVerdict], retries: list[int]) -> list[JudgeVerdict]:
-        verdicts, seen = [], set()
-        for slot in self.slots:
-            if slot.ready is not None:
-                verdict = slot.ready
-            elif slot.index in seen:  # the same request twice in one batch: judged once
-                verdict = _as_repeat(fresh[slot.index])
-            else:
-                seen.add(slot.index)
-                verdict = fresh[slot.index]
-            verdict = replace(verdict, neutralised=slot.removed > 0)
-            if verdict.num_items:
-                self.judge.health.record(verdict, 0 if verdict.cached else retries[slot.index])
-            verdicts.append(verdict)
-        return verdicts
 
 
 class ThreadedJudge(Judge):
@@ -339,6 +336,22 @@ class ThreadedJudge(Judge):
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _request_key(identity: str, request: JudgeRequest) -> str:
+    """Digest of everything that determines the reply: the judge's identity digest and the request."""
+    digest = hashlib.sha256(json.dumps([identity, request.annotations, request.response]).encode())
+    for image in request.images:
+        digest.update(hashlib.sha256(image).digest())
+    return digest.hexdigest()
 
 
 def _as_repeat(verdict: JudgeVerdict) -> JudgeVerdict:

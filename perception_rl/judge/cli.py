@@ -9,8 +9,10 @@
 Input lines: {"id": optional, "annotations": list or "<info1>..</info1>" string, "response": str,
 "images": optional paths relative to the file, "expected": optional 0/1 per annotation (agreement is
 then reported)}. Output lines (default <input>.verdicts.jsonl): id, score, per-item verdicts, failure
-kind and message, latency, tokens, cached / neutralised flags, the judge's raw reply and the prompt label.
-Prints a summary: mean score, failures by kind, latency p50/p95, throughput.
+kind and message, per-item outcomes (answered / unparsable / missing), latency, tokens, cached /
+neutralised flags, the judge's raw reply and the prompt label. Prints a summary: mean score, failures by
+kind, item outcomes, latency p50/p95, throughput. Exits with status 1 when requests were sent and none
+succeeded; the last lines then name the endpoint, the first error and what to check.
 """
 
 from __future__ import annotations
@@ -27,8 +29,22 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from perception_rl.data.records import RecordError, parse_annotations
-from perception_rl.judge.base import Average, Judge, JudgeRequest, JudgeVerdict
-from perception_rl.judge.health import FAILURE_KINDS, percentile
+from perception_rl.judge.base import Judge
+from perception_rl.judge.health import percentile
+from perception_rl.judge.types import FAILURE_KINDS, ITEM_OUTCOMES, Average, JudgeRequest, JudgeVerdict
+
+# Where to look first, by the first failure's kind ({endpoint} and {error} filled in).
+_HINTS = {
+    "connection_error": "cannot connect to {endpoint}: is the server running? The header of "
+                        "configs/judges/openai_local.yaml has the command that starts one ({error})",
+    "timeout": "{endpoint} did not answer in time ({error}): is the model still loading, or the server overloaded? "
+               "raise --judge.init_args.request_timeout or lower max_concurrency",
+    "http_error": "{endpoint} refused the requests ({error}): check judge.init_args.model against GET {endpoint}/models "
+                  "and the API key variable (judge.init_args.api_key_env)",
+    "unparsable": "{endpoint} answered, but with no verdict tag holding a number ({error}): the model ignores the "
+                  "prompt's format; see the 'reply' field of the verdicts file, try a stronger model or another prompt",
+    "error": "judging through {endpoint} failed: {error}",
+}
 
 
 def build_parser() -> ArgumentParser:
@@ -91,11 +107,15 @@ def summarise(
 ) -> dict[str, Any]:
     judged = [v for v in verdicts if v.failure is None and v.num_items]
     failures = {kind: sum(v.failure == kind for v in verdicts) for kind in FAILURE_KINDS}
+    replied = [v for v in verdicts if v.replied]
     sent = [v.latency_s for v in verdicts if not v.cached and v.num_items]
     summary = {
         "judge": repr(judge), "prompt": judge.template.label, "pairs": len(verdicts), "judged": len(judged),
         "mean_score": sum(v.score(average) for v in judged) / len(judged) if judged else None,
         "failures": sum(failures.values()), "failures_by_kind": failures,
+        "items": {outcome: sum(getattr(v, outcome) for v in replied) for outcome in ITEM_OUTCOMES},
+        "requests": sum(v.num_items > 0 for v in verdicts), "endpoint": judge.endpoint,
+        "first_error": next((f"{v.failure}: {v.error}" for v in verdicts if v.failure), None),
         "latency_p50_s": percentile(sent, 50) if sent else None,
         "latency_p95_s": percentile(sent, 95) if sent else None,
         "wall_s": wall_s, "throughput_rps": len(verdicts) / wall_s if wall_s > 0 else None,
@@ -119,12 +139,23 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"pairs: {s['pairs']}  judged: {s['judged']}  "
           f"mean score: {fmt(s['mean_score'])} ({s['average']} average, failures excluded)")
     print(f"failures: {s['failures']} ({kinds})")
+    print("items: " + ", ".join(f"{outcome} {n}" for outcome, n in s["items"].items()))
     print(f"latency: p50 {fmt(s['latency_p50_s'])} s  p95 {fmt(s['latency_p95_s'])} s  "
           f"throughput: {fmt(s['throughput_rps'], '.1f')} pairs/s ({s['pairs']} in {s['wall_s']:.2f} s)")
     print(f"cache hits: {s['cache_hits']}  neutralised: {s['neutralised']}  "
           f"tokens in/out: {s['tokens_in']}/{s['tokens_out']}")
     if "item_agreement" in s:
         print(f"item agreement with 'expected': {fmt(s['item_agreement'])}")
+
+
+def failure_report(s: dict[str, Any], verdicts: list[JudgeVerdict]) -> str | None:
+    """The closing lines when requests were sent and none succeeded (None otherwise): endpoint, first error, hint."""
+    if not s["requests"] or s["judged"]:
+        return None
+    first = next(v for v in verdicts if v.failure)
+    error = f"{first.failure}: {first.error}"
+    hint = _HINTS.get(first.failure, _HINTS["error"]).format(endpoint=s["endpoint"], error=error)
+    return f"error: no judge request succeeded ({s['failures']} of {s['requests']} failed)\n{hint}"
 
 
 def _config_to_judge_args(argv: list[str]) -> list[str]:
@@ -160,3 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {len(verdicts)} verdicts to {output}")
     if cfg.summary_json:
         Path(cfg.summary_json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    report = failure_report(summary, verdicts)
+    if report:  # an audit that judged nothing must not pass for one that did (scripts check the status)
+        print(report, flush=True)
+        raise SystemExit(1)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from perception_rl.judge.base import JudgeVerdict
+from perception_rl.judge.types import FAILURE_KINDS, ITEM_OUTCOMES, JudgeVerdict
 
-FAILURE_KINDS = ("timeout", "http_error", "connection_error", "unparsable", "error")
+__all__ = ["FAILURE_KINDS", "JudgeHealth", "VerdictCache", "percentile"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -64,13 +62,16 @@ class VerdictCache:
         with self._lock:
             self._entries.clear()
             for key, fields in state.get("entries", []):
-                from perception_rl.judge.base import JudgeVerdict  # base imports this module
-
-                self._entries[key] = JudgeVerdict(**{**fields, "values": tuple(fields["values"])})
+                self._entries[key] = JudgeVerdict.from_dict(fields)
 
 
 class JudgeHealth:
-    """Counters since the last `snapshot(reset=True)`: one step's worth when the reward logs every step."""
+    """Counters since the last `snapshot(reset=True)`: one step's worth when the reward logs every step.
+
+    Requests, cache hits, failures by kind, retries, latency and tokens count what was sent to the backend.
+    The item outcomes (answered / unparsable / missing, see `JudgeVerdict`) count the facts of every verdict
+    the judge read a reply for, served from the cache or not: they describe the scores handed out.
+    """
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -80,12 +81,17 @@ class JudgeHealth:
         self.requests = self.cache_hits = self.retries = self.neutralised = 0
         self.tokens_in = self.tokens_out = 0
         self.failures = dict.fromkeys(FAILURE_KINDS, 0)
+        self.items = dict.fromkeys(ITEM_OUTCOMES, 0)
         self.latencies: list[float] = []
 
     def record(self, verdict: JudgeVerdict, retries: int = 0) -> None:
         with self._lock:
             self.requests += 1
             self.neutralised += int(verdict.neutralised)
+            if verdict.replied:
+                self.items["answered"] += verdict.answered
+                self.items["unparsable"] += verdict.unparsable
+                self.items["missing"] += verdict.missing
             if verdict.cached:
                 self.cache_hits += 1
                 return
@@ -97,13 +103,14 @@ class JudgeHealth:
                 self.failures[verdict.failure] += 1
 
     def snapshot(self, reset: bool = True) -> dict[str, float]:
-        """Flat counters: requests, cache_hits, failures, failures/<kind>, retries, latency, tokens."""
+        """Flat counters: requests, cache_hits, failures, failures/<kind>, items/<outcome>, retries, latency, tokens."""
         with self._lock:
             out = {
                 "requests": float(self.requests),
                 "cache_hits": float(self.cache_hits),
                 "failures": float(sum(self.failures.values())),
                 **{f"failures/{kind}": float(n) for kind, n in self.failures.items()},
+                **{f"items/{outcome}": float(n) for outcome, n in self.items.items()},
                 "retries": float(self.retries),
                 "neutralised": float(self.neutralised),
                 "latency_p50_s": percentile(self.latencies, 50),

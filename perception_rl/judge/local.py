@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from perception_rl.judge.base import FailurePolicy, JudgeReply, JudgeRequest, ThreadedJudge
+from perception_rl.judge.base import ThreadedJudge
 from perception_rl.judge.prompt import DEFAULT_PROMPT
+from perception_rl.judge.types import FailurePolicy, JudgeReply, JudgeRequest
 
 
 def resolve_model_path(model_path: str) -> str:
@@ -40,7 +41,7 @@ class LocalJudge(ThreadedJudge):
         batch_size: requests per `generate` call.
         max_new_tokens: most tokens generated per reply.
         prompt: prompt template name or path.
-        failure_policy: "zero", "abstain" or "raise" (see `Judge`).
+        failure_policy: "abstain" (NaN: the completion leaves the loss), "zero" or "raise" (see `Judge`).
         cache_size: verdicts remembered for identical requests; 0 disables.
         batch_timeout: most seconds one batch may take; chunks not started by then count as timeouts.
     """
@@ -56,7 +57,7 @@ class LocalJudge(ThreadedJudge):
         batch_size: int = 8,
         max_new_tokens: int = 512,
         prompt: str = DEFAULT_PROMPT,
-        failure_policy: FailurePolicy = "zero",
+        failure_policy: FailurePolicy = "abstain",
         cache_size: int = 100_000,
         batch_timeout: float = 600.0,
     ):
@@ -76,6 +77,15 @@ class LocalJudge(ThreadedJudge):
         judge = cls(model_path=str(getattr(model, "name_or_path", "<in memory>")), **kwargs)
         judge._model, judge._tokenizer = model, tokenizer
         return judge
+
+    @property
+    def endpoint(self) -> str:
+        return self.model_path + (f" ({self.gguf_file})" if self.gguf_file else "")
+
+    def identity(self) -> dict[str, Any]:
+        # The device is left out: the same weights in the same dtype give the same greedy verdicts anywhere.
+        return {**super().identity(), "model_path": self.model_path, "gguf_file": self.gguf_file, "dtype": self.dtype,
+                "max_new_tokens": self.max_new_tokens}
 
     def __repr__(self) -> str:
         return f"LocalJudge(model_path={self.model_path!r}, gguf_file={self.gguf_file!r}, device={self.device!r})"

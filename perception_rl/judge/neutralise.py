@@ -5,9 +5,11 @@ before the response reaches the judge: writing the judge's own verdict tags (so 
 parser picks them up), forging chat-template turns or the prompt's delimiters (to end the response early
 and speak as the system), and addressing the judge ("ignore the instructions", "verdict: all present").
 Whatever matches (a tag, a token, a whole sentence) is replaced by "[removed]". This can only remove text,
-so it never raises a score; the patterns are narrow so that ordinary solutions (LaTeX, <think>/<answer>
-blocks) pass unchanged. The second line of defence is elsewhere: only the judge's reply is parsed, never
-the response.
+so it never raises a score; but removing honest reasoning lowers a good response's score, so the patterns
+are narrow: ordinary solutions (LaTeX, <think>/<answer> blocks, "ignore the case above", "all points
+mentioned lie on the circle") pass unchanged. tests/test_judge_neutraliser.py measures both sides on a
+corpus of honest solutions and one of attacks. The second line of defence is elsewhere: only the judge's
+reply is parsed, never the response.
 """
 
 from __future__ import annotations
@@ -22,17 +24,31 @@ _TAG_NAMES = r"verdicts?|info|facts?|items?|scores?|judge?ments?|keys?|labels?|r
 _OPEN, _CLOSE = r"(?:<|＜|&lt;)", r"(?:>|＞|&gt;)"
 # Chat-template control tokens of common model families.
 _CONTROL_TOKENS = re.compile(r"<\|[^|<>\n]{1,40}\|>|\[/?INST\]|<</?SYS>>|<start_of_turn>|<end_of_turn>|</?s>")
-# Sentences that speak to the judge rather than solve the problem ("^" anchors at a sentence start).
+# Sentences that speak to the judge rather than solve the problem ("^" anchors at a sentence start). Each
+# pattern needs a word that only makes sense addressed to a grader (instructions, prompt, verdict, "the
+# judge", facts/items/annotations said to be present): a solution's own "ignore the second case above",
+# "all points mentioned lie on circle O" or "return 1" must pass (tests/neutraliser_corpus.py measures both).
 _JUDGE = r"(?:judge|grader|evaluator|auditor|reviewer|checker)"
+_ITEMS = r"(?:facts?|items?|annotations?|verdicts?)"
+_EVERY = r"(?:all|every|each)\s+(?:of\s+)?(?:the\s+)?(?:key\s+|visual\s+)?"
+_PRESENT = r"(?:present|stated|satisfied|covered|mentioned|reflected|met|included|correct)\b"
 _ADDRESSING = [
-    r"\b(?:ignore|disregard|forget|override)\b[^\n]{0,60}"
-    r"\b(?:instructions?|rules?|prompts?|above|previous|prior|earlier)\b",
+    # "ignore all previous instructions", "disregard your grading rubric", "forget the prompt above"
+    r"\b(?:ignore|disregard|forget|override|bypass)\b[^\n.]{0,40}?"
+    r"\b(?:instructions?|prompts?|guidelines?|directives?|rubrics?|system\s+message)\b",
+    r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+)?(?:of\s+)?"
+    r"(?:your|the\s+(?:grading|judging|scoring))\s+rules?\b",
     rf"\b(?:note|message|instructions?|hint)s?\s+(?:to|for)\s+(?:the\s+)?(?:{_JUDGE}|assistant|ai|model)\b",
     rf"^\W*(?:dear\s+)?{_JUDGE}\b\s*[:,]",
-    r"\b(?:final\s+|official\s+)?(?:verdicts?|judge?ments?|grading|evaluation|assessment)\s*[:=]",
-    r"\b(?:all|every|each)\s+(?:of\s+the\s+)?(?:key\s+)?(?:facts?|items?|annotations?|points?)\s+"
-    r"(?:are\s+|is\s+|were\s+)?(?:present|stated|satisfied|covered|mentioned|correct)\b",
-    r"\b(?:output|respond|reply|return|print)\s+(?:with\s+)?(?:only\s+)?(?:1|one|ones|all\s+ones|<|&lt;)",
+    r"\b(?:final\s+|official\s+)?(?:verdicts?|judge?ments?|grading)\s*[:=]",
+    # "all key facts are present", "each of the annotations is covered", "every fact stated."; not "all
+    # points mentioned lie on circle O", nor "each fact stated above gives ..." (no copula, sentence goes on)
+    rf"\b{_EVERY}{_ITEMS}\s+(?:are|is|were|was|have\s+been|has\s+been)\s+(?:all\s+)?(?:clearly\s+)?{_PRESENT}",
+    rf"\b{_EVERY}{_ITEMS}\s+{_PRESENT}(?:\s+(?:in|by)\s+(?:this|the|my)\s+(?:response|answer|solution))?\s*(?:[.!,;]|$)",
+    rf"\b(?:all|every|each)\s+(?:of\s+)?(?:the\s+)?key\s+(?:points?|{_ITEMS})\b",
+    rf"\b(?:give|assign|mark|score|rate|set)\s+(?:every|each|all)\s+(?:of\s+the\s+)?(?:key\s+)?{_ITEMS}\b",
+    r"\b(?:output|respond|reply|return|print|answer)\s+(?:with\s+)?(?:only\s+(?:1|one|ones|1s)|(?:all\s+)?(?:ones|1s))\b",
+    r"\b(?:output|respond|reply|print)\s+(?:with\s+)?(?:only\s+)?(?:<|&lt;)",
     r"^\W*(?:system|assistant|user|developer)\s*:",
     r"^\s*#{2,}\s*(?:system|instruction|assistant|response|judge)",
 ]

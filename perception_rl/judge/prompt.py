@@ -125,10 +125,16 @@ class PromptTemplate:
 
     # ------------------------------------------------------------------ parsing
     def parse(self, reply: str) -> tuple[float, ...] | None:
-        """Per-fact values from the judge's reply; None when it holds no verdict tag at all.
+        """Per-fact values from the judge's reply, an unparsable value counting 0; None without any verdict tag."""
+        items = self.parse_items(reply)
+        return None if items is None else tuple(0.0 if v is None else v for v in items)
+
+    def parse_items(self, reply: str) -> tuple[float | None, ...] | None:
+        """Per-fact values from the judge's reply: a number in [0, 1], or None where the tag holds no number.
 
         For K = 1, 2, ... the value of the last <tagK>...</tagK> (a judge may restate itself), read as a
-        number and clamped to [0, 1]; a non-numeric value counts 0. Parsing stops at the first missing K.
+        number and clamped to [0, 1]. Parsing stops at the first missing K. None when the reply holds no
+        verdict tag at all.
         """
         reply = _THINK_BLOCK.sub("", reply)
         for tag in (self.tag, *[t for t in FALLBACK_TAGS if t != self.tag]):
@@ -137,19 +143,19 @@ class PromptTemplate:
             for match in re.finditer(pattern, reply, re.IGNORECASE | re.DOTALL):
                 found[int(match.group(1))] = match.group(2)
             if found:
-                values = []
+                values: list[float | None] = []
                 while len(values) + 1 in found:
                     values.append(_as_verdict(found[len(values) + 1]))
                 return tuple(values)
         return None
 
 
-def _as_verdict(text: str) -> float:
+def _as_verdict(text: str) -> float | None:
     try:
         value = float(text.strip())
     except ValueError:
-        return 0.0
-    return min(1.0, max(0.0, value)) if value == value else 0.0  # NaN counts 0
+        return None
+    return min(1.0, max(0.0, value)) if value == value else None  # "nan" is no verdict either
 
 
 def _number(value: float) -> str:

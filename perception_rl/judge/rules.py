@@ -15,8 +15,9 @@ import time
 import unicodedata
 from concurrent.futures import Future
 
-from perception_rl.judge.base import FailurePolicy, Judge, JudgeReply, JudgeRequest
+from perception_rl.judge.base import Judge
 from perception_rl.judge.prompt import DEFAULT_PROMPT
+from perception_rl.judge.types import FailurePolicy, JudgeReply, JudgeRequest
 
 _STOP_WORDS = frozenset(
     "a an the is are was were be been being there here this that these those of in on at to by for from with and "
@@ -91,7 +92,7 @@ class RuleJudge(Judge):
         self,
         max_gap: int = 2,
         prompt: str = DEFAULT_PROMPT,
-        failure_policy: FailurePolicy = "zero",
+        failure_policy: FailurePolicy = "abstain",
         cache_size: int = 100_000,
         batch_timeout: float = 600.0,
     ):
@@ -99,6 +100,9 @@ class RuleJudge(Judge):
             raise ValueError(f"judge.max_gap must be >= 0, got {max_gap}")
         super().__init__(prompt, failure_policy, cache_size, batch_timeout)
         self.max_gap = max_gap
+
+    def identity(self) -> dict:
+        return {**super().identity(), "max_gap": self.max_gap}
 
     def launch(self, requests: list[JudgeRequest], deadline: float) -> Future:
         # Cheap enough to answer inline; the result is ready before the other rewards start.

@@ -2,11 +2,13 @@
 
 One judge request per completion (its problem's annotation list + the response). Requests start in
 `start`, before `score_all` runs the rule-based rewards, and are collected in `score`. Problems without
-annotations score 0 and are left out of the logged metric. A failed request scores what the judge's
-failure policy says (0, or NaN so the completion is masked out of the loss, or the step raises).
-Logged each step under `reward/<name>/`: `mean` (annotated problems only), `annotated_fraction`,
-`prompt_hash` (the template hash's first 24 bits, to tell runs' prompts apart in a metrics file) and the
-judge's health counters under `judge/` (requests, cache hits, failures by kind, latency p50/p95, tokens).
+annotations score 0 and are left out of the logged metric. A failed request (no reply, or a reply in which
+no item holds a verdict) scores what the judge's failure policy says: by default NaN, so the completion's
+total reward is NaN and GRPOModule leaves it out of the advantages and the loss (`abstained` counts them);
+0 under "zero"; or the step raises. Logged each step under `reward/<name>/`: `mean` (annotated problems
+only, abstentions left out), `abstained`, `annotated_fraction`, `prompt_hash` (the template hash's first 24
+bits, to tell runs' prompts apart in a metrics file) and the judge's health counters under `judge/`
+(requests, cache hits, failures by kind, items answered / unparsable / missing, latency p50/p95, tokens).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import math
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from perception_rl.judge.base import Average, Judge, JudgeRequest, JudgeVerdict, PendingVerdicts
+from perception_rl.judge.base import Judge, PendingVerdicts
+from perception_rl.judge.types import Average, JudgeRequest, JudgeVerdict
 from perception_rl.rewards.base import Reward, RewardOutput
 from perception_rl.rollout.types import Rollouts
 

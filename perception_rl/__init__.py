@@ -20,7 +20,7 @@ from perception_rl.rewards import (
     RewardOutput,
 )
 from perception_rl.rollout import HFGenerateEngine, RolloutEngine, Rollouts, VLLMEngine
-from perception_rl.tiny import TinyRandomPolicy
+from perception_rl.tiny import TinyRandomPolicy, TinyTextPolicy
 from perception_rl.warm_start import WarmStartPolicy
 
 __version__ = "0.1.0"
@@ -30,5 +30,5 @@ __all__ = [
     "DotsDataModule", "FormatReward", "FunctionReward", "GRPOModule", "HFGenerateEngine", "Judge", "JudgeRequest",
     "JudgeVerdict", "LoRA", "LocalJudge", "OpenAIJudge", "PerceptionReward", "Policy", "RecordDataModule",
     "RepetitionPenalty", "Reward", "RewardCurve", "RewardOutput", "RolloutEngine", "Rollouts", "RuleJudge",
-    "TinyRandomPolicy", "VLLMEngine", "WarmStartPolicy",
+    "TinyRandomPolicy", "TinyTextPolicy", "VLLMEngine", "WarmStartPolicy",
 ]

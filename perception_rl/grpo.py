@@ -134,6 +134,7 @@ def grpo_loss(
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
     importance_weights: torch.Tensor | None = None,
+    rollout_logp: torch.Tensor | None = None,
 ) -> LossOutput:
     """The GRPO objective of one (micro-)batch: clipped surrogate (x truncated IS weights) + KL - entropy bonus.
 
@@ -141,6 +142,7 @@ def grpo_loss(
     over the whole mini-batch on every rank, so micro-batches and ranks add their contributions without
     reweighting. seq_mean_token_mean weighs each token by 1 / its sequence's length. `entropy` [N, L] must
     carry a gradient when `entropy_coef > 0`; it is subtracted, so minimising raises the entropy.
+    `rollout_logp` (the sampling engine's own log-probs) only feeds a statistic: its distance to `old_logp`.
     """
     mask = mask.to(logp.dtype)  # [N, L]
     per_token, clipped = clipped_surrogate(logp, old_logp, advantages, clip_low, clip_high, dual_clip)  # [N, L]
@@ -154,6 +156,8 @@ def grpo_loss(
     }
     if importance_weights is not None:
         sums["importance_weight"] = (importance_weights * mask).sum()
+    if rollout_logp is not None:  # engine vs trainer: 0 when the engine holds the trainer's weights
+        sums["rollout_logprob_abs_diff"] = ((old_logp - rollout_logp).abs() * mask).sum()
     if ref_logp is not None:
         kl = kl_divergence(logp, ref_logp, kl_estimator)  # [N, L]
         per_token = per_token + kl_coef * kl

@@ -27,6 +27,7 @@ from perception_rl.eval.evaluation import BenchmarkEvaluation
 from perception_rl.policy import Policy, export_merged_adapters, is_peft_model
 from perception_rl.rewards import AccuracyReward, FormatReward, Reward, RewardBreakdown, score_all
 from perception_rl.rollout import HFGenerateEngine, RolloutEngine, Rollouts
+from perception_rl.rollout.base import suppressed_token_ids
 
 
 class GRPOModule(L.LightningModule):
@@ -104,6 +105,7 @@ class GRPOModule(L.LightningModule):
         self.rollout = rollout or HFGenerateEngine()
         self.model: torch.nn.Module | None = None
         self.processor = None
+        self._suppressed: torch.Tensor | None = None  # token ids no engine samples (vision placeholders)
         self._reference: list[torch.nn.Module] = []  # a list keeps it out of state_dict and checkpoints
         self.skipped_steps = 0
         # This step's training metrics, NaN included (the logger only gets the finite ones; Lightning's
@@ -126,6 +128,8 @@ class GRPOModule(L.LightningModule):
             return
         self.processor = self.policy.load_processor()
         self.model = self.policy.load_model()
+        suppressed = suppressed_token_ids(self.processor)
+        self._suppressed = torch.tensor(suppressed, dtype=torch.long) if suppressed else None
         if self.hparams.kl_coef > 0 and not is_peft_model(self.model):
             # With adapters the reference is the same model with its adapters switched off: no copy.
             reference = self.policy.load_model().eval().requires_grad_(False)
@@ -279,6 +283,7 @@ class GRPOModule(L.LightningModule):
             ref_logp=None if ref_logp is None else ref_logp[indices].to(logp.device),
             kl_coef=hp.kl_coef, kl_estimator=hp.kl_estimator,
             entropy=entropy, entropy_coef=hp.entropy_coef, importance_weights=weights,
+            rollout_logp=None if rollouts.logprobs is None else rollouts.logprobs[indices].to(logp.device),
         )
 
     def _update_stats(self, total: grpo.LossOutput, grad_norms: list[float]) -> dict[str, float]:
@@ -303,7 +308,9 @@ class GRPOModule(L.LightningModule):
         inputs = {k: v.to(self.device) for k, v in rollouts.model_inputs(indices).items()}
         length = rollouts.completion_ids.shape[1]
         logits = model(**inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :-1]  # [n, L, V]
-        logits = logits / self.rollout.temperature  # log-probs of the distribution actually sampled
+        logits = logits / self.rollout.temperature  # log-probs of the distribution actually sampled,
+        if self._suppressed is not None:  # which never holds the vision placeholders the engines suppress
+            logits.index_fill_(-1, self._suppressed.to(logits.device), float("-inf"))
         logp = grpo.token_logprobs(logits, rollouts.completion_ids[indices].to(self.device))  # [n, L]
         entropy = None
         if with_entropy:
@@ -363,6 +370,7 @@ class GRPOModule(L.LightningModule):
             "time/reward_s": reward_time,
             "time/update_s": step_time - rollout_time - reward_time,
             "time/step_s": step_time,
+            **{("time/sync_s" if k == "sync_s" else f"sync/{k}"): v for k, v in self.rollout.pop_sync_stats().items()},
             "throughput/tokens_per_s": tokens / step_time,
             "throughput/rollout_tokens_per_s": tokens / max(rollout_time, 1e-9),
         }

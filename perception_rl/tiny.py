@@ -178,6 +178,31 @@ def write_tiny_qwen2_5_vl(
     return output_dir
 
 
+def write_tiny_qwen2_text(output_dir: str | Path, hidden_size: int = 128, num_layers: int = 2, seed: int = 0) -> Path:
+    """A tiny random text-only Qwen2 (head dim 64, the smallest vLLM's CPU attention runs) and its tokenizer."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    output_dir = Path(output_dir)
+    staging = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
+    tokenizer = build_tokenizer()
+    config = Qwen2Config(
+        vocab_size=(len(tokenizer) + 63) // 64 * 64, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=hidden_size // 64, num_key_value_heads=1,
+        max_position_embeddings=2048, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    staging.rename(output_dir)
+    return output_dir
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="perception-rl make-tiny-model", description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir", help="folder to write the model, tokenizer and processor into")
@@ -227,3 +252,35 @@ class TinyRandomPolicy(Policy):
     def prepare(self) -> None:
         if not (Path(self.model_path) / "config.json").is_file():
             write_tiny_qwen2_5_vl(self.model_path, self.hidden_size, self.num_layers, self.seed)
+
+
+class TinyTextPolicy(Policy):
+    """A tiny random text-only Qwen2 as a policy (head dim 64: vLLM's CPU build runs it), written to
+    `model_path` on first use. For the vLLM smoke test and demos only; its weights are random.
+
+    Args:
+        model_path: folder to write to and load from.
+        hidden_size: model width (a multiple of 64).
+        num_layers: model depth.
+        seed: initialisation seed.
+        dtype: parameter dtype.
+    """
+
+    def __init__(
+        self,
+        model_path: str = ".cache/perception-rl/tiny-qwen2-text",
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        seed: int = 0,
+        dtype: Dtype = "float32",
+    ):
+        if hidden_size % 64:
+            raise ValueError(f"policy.hidden_size must be a multiple of 64 (vLLM's head dim), got {hidden_size}")
+        super().__init__(model_path, dtype)
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.seed = seed
+
+    def prepare(self) -> None:
+        if not (Path(self.model_path) / "config.json").is_file():
+            write_tiny_qwen2_text(self.model_path, self.hidden_size, self.num_layers, self.seed)

@@ -193,3 +193,59 @@ class FullWeightsDigest(Callback):
         os.makedirs(self.dirpath, exist_ok=True)
         with open(os.path.join(self.dirpath, f"full_weights_rank{trainer.global_rank}.json"), "w") as f:
             json.dump(digest, f)
+
+
+# ---------------------------------------------------------------------------------------------- vLLM checks
+from perception_rl.rollout.vllm import VLLMEngine  # noqa: E402  (vllm itself is imported only on use)
+
+
+class EngineAgreement(Callback):
+    """After every optimizer step, asks the rollout engine for greedy completions of two fixed training prompts
+    (through `GRPOModule.generate`, so a stale engine syncs exactly as in training) and compares them with the
+    trainer's own forward pass: greedy tokens against the trainer's argmax (where its top two logits are
+    more than 1e-4 apart) and the engine's log-probs against the trainer's. Appends one JSON line per step
+    to `<dirpath>/agreement_rank<R>.jsonl`."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import json
+
+        dataset = trainer.train_dataloader.dataset
+        rank = trainer.global_rank
+        probe = [dataset[(2 * rank + i) % len(dataset)] for i in range(2)]  # each rank its own prompts
+        rollouts = pl_module.generate(probe, greedy=True)
+        inputs = rollouts.model_inputs(torch.arange(len(rollouts)))
+        with torch.no_grad():
+            logits = pl_module.model(**inputs, use_cache=False).logits[:, -rollouts.completion_ids.shape[1] - 1 : -1]
+        logits = logits.float()
+        if pl_module._suppressed is not None:
+            logits[..., pl_module._suppressed] = float("-inf")
+        logp = torch.log_softmax(logits, -1).gather(-1, rollouts.completion_ids.unsqueeze(-1)).squeeze(-1)
+        mask = rollouts.completion_mask.bool()
+        top2 = logits.topk(2, dim=-1).values
+        decisive = mask & (top2[..., 0] - top2[..., 1] > 1e-4)
+        greedy_equal = bool((logits.argmax(-1) == rollouts.completion_ids)[decisive].all())
+        row = {
+            "step": trainer.global_step, "rank": rank, "greedy_equal": greedy_equal, "tokens": int(mask.sum()),
+            "max_abs_logprob_diff": float((logp - rollouts.logprobs)[mask].abs().max()),
+        }
+        os.makedirs(self.dirpath, exist_ok=True)
+        with open(os.path.join(self.dirpath, f"agreement_rank{rank}.jsonl"), "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class StaleVLLMEngine(VLLMEngine):
+    """A deliberately broken engine for the tests: the one on `stale_rank` never learns that the weights
+    changed, so it keeps sampling from the initial policy (what happened on every rank but 0 when only rank 0
+    received the full state dict)."""
+
+    def __init__(self, stale_rank: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.stale_rank = stale_rank
+
+    def on_weights_updated(self) -> None:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if rank != self.stale_rank:
+            super().on_weights_updated()

@@ -1,5 +1,5 @@
-"""The vLLM engine's logic that needs no live engine: sampling parameters, requests, outputs, LoRA merging,
-weight batching, the prompt-id check, and the importance-sampling correction in the loss."""
+"""The vLLM engine's logic that needs no live engine: sampling parameters, requests, outputs, LoRA merging of
+a weight stream, the prompt-id check, and the importance-sampling correction in the loss."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from perception_rl.rollout.vllm import (
     merged_lora_weights,
     outputs_to_tensors,
     sampling_kwargs,
-    weight_batches,
 )
 
 
@@ -64,13 +63,6 @@ def test_outputs_become_padded_tensors_in_group_order():
     assert len(texts) == 4
 
 
-def test_weight_batches_respect_the_byte_limit():
-    items = [(f"w{i}", torch.zeros(n, dtype=torch.float32)) for i, n in enumerate([10, 10, 30, 5, 100])]
-    batches = list(weight_batches(items, max_bytes=80))  # 4 bytes per float
-    assert [[name for name, _ in b] for b in batches] == [["w0", "w1"], ["w2"], ["w3"], ["w4"]]
-    assert sum(len(b) for b in batches) == len(items), "nothing dropped; an oversized tensor travels alone"
-
-
 def test_merged_lora_weights_equal_peft_merge(tiny_model_dir):
     model = Policy(str(tiny_model_dir), lora=LoRA(rank=4, alpha=8)).load_model()
     with torch.no_grad():
@@ -78,7 +70,9 @@ def test_merged_lora_weights_equal_peft_merge(tiny_model_dir):
             if "lora_B" in name:
                 param.normal_()  # B starts at zero; make the merge non-trivial
     merged = dict(merged_lora_weights(model))
+    streamed = dict(merged_lora_weights(model, iter(list(model.state_dict().items()))))  # one tensor at a time
     reference = model.merge_and_unload().state_dict()
+    assert streamed.keys() == merged.keys() and all(torch.equal(streamed[k], merged[k]) for k in merged)
     assert merged.keys() == reference.keys()
     assert all(torch.allclose(merged[k], reference[k], atol=1e-5) for k in merged)
     assert not any("lora_" in k or "base_layer" in k for k in merged)
@@ -130,3 +124,10 @@ def test_importance_weights_scale_the_loss(tiny_model_dir, dots_dir):
     module.rollout.importance_sampling_cap = 1.2  # truncated at the cap
     _, weight = loss_and_weight()
     assert weight == pytest.approx(1.2)
+
+
+def test_merged_lora_weights_name_an_incomplete_layer(tiny_model_dir):
+    model = Policy(str(tiny_model_dir), lora=LoRA(rank=4, alpha=8)).load_model()
+    partial = [(n, t) for n, t in model.state_dict().items() if "q_proj.lora_B" not in n]
+    with pytest.raises(RuntimeError, match="missing parts"):
+        list(merged_lora_weights(model, partial))

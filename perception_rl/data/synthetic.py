@@ -122,6 +122,13 @@ def make_item(rng: random.Random, index: int, split: str) -> tuple[dict, Image.I
     return record, draw_picture(dots)
 
 
+def in_words(record: dict) -> dict:
+    """The record with its picture described in the problem text and no image: the text-only variant, for
+    text models (e.g. vLLM's CPU build, which serves no vision model). Dots are listed cell by cell."""
+    dots = ", ".join(f"a {d['colour']} dot at row {d['cell'][0] + 1}, column {d['cell'][1] + 1}" for d in record["metadata"]["dots"])
+    return {**record, "problem": f"The picture shows {dots}. {record['problem']}", "images": []}
+
+
 def split_items(split: str, count: int, seed: int = 0) -> list[tuple[dict, Image.Image]]:
     """The first `count` items of a split's stream (records and pictures, in memory)."""
     if split not in SPLITS:
@@ -131,9 +138,11 @@ def split_items(split: str, count: int, seed: int = 0) -> list[tuple[dict, Image
 
 
 def write_dots_dataset(
-    output_dir: str | Path, num_train: int = 1024, num_val: int = 32, num_test: int = 200, seed: int = 0
+    output_dir: str | Path, num_train: int = 1024, num_val: int = 32, num_test: int = 200, seed: int = 0,
+    text_only: bool = False,
 ) -> Path:
-    """Write train/val/test JSONL files and their PNG images under `output_dir`."""
+    """Write train/val/test JSONL files and their PNG images under `output_dir` (no images with `text_only`:
+    each picture is described in its problem's text, see `in_words`)."""
     for name, count in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
         if count < 0:
             raise ValueError(f"dots task: {name} must be >= 0, got {count}")
@@ -141,10 +150,14 @@ def write_dots_dataset(
     (output_dir / "images").mkdir(parents=True, exist_ok=True)
     for split, count in (("train", num_train), ("val", num_val), ("test", num_test)):
         items = split_items(split, count, seed)
-        for record, image in items:
-            image.save(output_dir / record["images"][0])
+        if text_only:
+            records = [in_words(record) for record, _ in items]
+        else:
+            records = [record for record, _ in items]
+            for record, image in items:
+                image.save(output_dir / record["images"][0])
         temp = output_dir / f"{split}.jsonl.tmp"
-        temp.write_text("".join(json.dumps(record) + "\n" for record, _ in items), encoding="utf-8")
+        temp.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
         temp.replace(output_dir / f"{split}.jsonl")  # atomic: a half-written file is never read
     return output_dir
 
@@ -164,6 +177,7 @@ class DotsDataModule(RecordDataModule):
         format_instruction: appended to every problem after a space.
         min_pixels: lower image area bound.
         max_pixels: upper image area bound (the pictures are 84 x 84 = 7056 pixels).
+        text_only: describe each picture in its problem's text instead of attaching it (for text models).
     """
 
     def __init__(
@@ -179,6 +193,7 @@ class DotsDataModule(RecordDataModule):
         format_instruction: str = DEFAULT_FORMAT_INSTRUCTION,
         min_pixels: int = 3136,
         max_pixels: int = 12544,
+        text_only: bool = False,
     ):
         if min(num_train, num_val, num_test) < 0:
             raise ValueError(
@@ -194,13 +209,16 @@ class DotsDataModule(RecordDataModule):
         self.data_dir = folder
         self.sizes = (num_train, num_val, num_test)
         self.seed = seed
+        self.text_only = text_only
 
     def prepare_data(self) -> None:
         stamp = self.data_dir / "generated.json"
         wanted = {"task": "dots-v1", "sizes": list(self.sizes), "seed": self.seed}
+        if self.text_only:
+            wanted["text_only"] = True
         if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
             return
-        write_dots_dataset(self.data_dir, *self.sizes, seed=self.seed)
+        write_dots_dataset(self.data_dir, *self.sizes, seed=self.seed, text_only=self.text_only)
         stamp.write_text(json.dumps(wanted))
 
 

@@ -49,6 +49,10 @@ class RolloutEngine(ABC):
     def on_weights_updated(self) -> None:
         """Called after every optimizer step; engines holding their own copy of the weights resync."""
 
+    def pop_sync_stats(self) -> dict[str, float]:
+        """Figures of the weight push made since the last call (`sync_s`, `bytes`), for logging; {} if none."""
+        return {}
+
     def state_dict(self) -> dict:
         """State to carry across a resume (e.g. a seed counter); saved in every checkpoint."""
         return {}

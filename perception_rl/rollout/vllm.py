@@ -137,7 +137,9 @@ class VLLMEngine(RolloutEngine):
         top_p: nucleus sampling mass.
         top_k: keep the k most likely tokens; 0 disables it.
         max_prompt_length: prompts longer than this (image tokens included) are an error.
-        gpu_memory_utilization: share of GPU memory vLLM may take (weights + KV cache).
+        gpu_memory_utilization: share of GPU memory vLLM may take (weights + KV cache); on CPU, of the RAM.
+        kv_cache_gib: a fixed KV-cache size in GiB instead (each process's engine takes its own: on CPU with
+            several processes set it, or each engine sizes itself from the whole RAM).
         tensor_parallel_size: GPUs per engine.
         dtype: engine weights dtype.
         max_model_len: context length (prompt + completion); None uses the model's.
@@ -160,6 +162,7 @@ class VLLMEngine(RolloutEngine):
         top_k: int = 0,
         max_prompt_length: int | None = None,
         gpu_memory_utilization: float = 0.3,
+        kv_cache_gib: float | None = None,
         tensor_parallel_size: int = 1,
         dtype: str = "bfloat16",
         max_model_len: int | None = None,
@@ -170,6 +173,7 @@ class VLLMEngine(RolloutEngine):
     ):
         super().__init__(num_generations, max_new_tokens, temperature, top_p, top_k, max_prompt_length)
         self.gpu_memory_utilization = gpu_memory_utilization
+        self.kv_cache_gib = kv_cache_gib
         self.tensor_parallel_size = tensor_parallel_size
         self.dtype = dtype
         self.max_model_len = max_model_len
@@ -240,13 +244,20 @@ class VLLMEngine(RolloutEngine):
             base = model.get_base_model() if is_peft_model(model) else model
             multimodal = getattr(base.config, "vision_config", None) is not None
             distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+            if distributed:  # vLLM's external launcher reads the ranks from the environment; Lightning sets only LOCAL_RANK
+                os.environ.setdefault("RANK", str(torch.distributed.get_rank()))
+                os.environ.setdefault("LOCAL_RANK", "0")
+            memory = {"kv_cache_memory_bytes": int(self.kv_cache_gib * 2**30)} if self.kv_cache_gib else {}
             self._llm = LLM(
                 model=base.name_or_path, dtype=self.dtype, tensor_parallel_size=self.tensor_parallel_size,
                 gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len,
                 enable_sleep_mode=self.sleep_between_rollouts, enforce_eager=self.enforce_eager, seed=self.seed,
                 logprobs_mode="processed_logprobs",  # after temperature: the distribution actually sampled
-                # One engine per training process, inside the process group the trainer already started.
+                # One engine per training process, inside the process group the trainer already started (a
+                # data-parallel replica each; building them is collective, so every rank does it at its first
+                # rollout). The engine lives as long as the process: vLLM's teardown would destroy that group.
                 **({"distributed_executor_backend": "external_launcher"} if distributed else {}),
+                **memory,
                 **({"limit_mm_per_prompt": {"image": 4}} if multimodal else {}),
             )
         return self._llm

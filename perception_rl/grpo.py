@@ -210,7 +210,9 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 def entropy_for_logging(logits: torch.Tensor, rows_per_chunk: int = 1024) -> torch.Tensor:
     """`entropy_from_logits` without gradient, a chunk of positions at a time: no full-vocab fp32 copy."""
     flat = logits.reshape(-1, logits.shape[-1])  # [N*L, V]
-    out = torch.cat([entropy_from_logits(chunk) for chunk in flat.split(rows_per_chunk)]) if len(flat) else flat.new_zeros(0)
+    if not len(flat):
+        return flat.new_zeros(logits.shape[:-1]).float()
+    out = torch.cat([entropy_from_logits(chunk) for chunk in flat.split(rows_per_chunk)])  # [N*L]
     return out.view(logits.shape[:-1]).float()  # [N, L]
 
 

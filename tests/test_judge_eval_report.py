@@ -4,7 +4,6 @@ outcomes reach summary.json and the printed table, so an abstaining judge never 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -125,7 +125,9 @@ def make_item(rng: random.Random, index: int, split: str) -> tuple[dict, Image.I
 def in_words(record: dict) -> dict:
     """The record with its picture described in the problem text and no image: the text-only variant, for
     text models (e.g. vLLM's CPU build, which serves no vision model). Dots are listed cell by cell."""
-    dots = ", ".join(f"a {d['colour']} dot at row {d['cell'][0] + 1}, column {d['cell'][1] + 1}" for d in record["metadata"]["dots"])
+    dots = ", ".join(
+        f"a {d['colour']} dot at row {d['cell'][0] + 1}, column {d['cell'][1] + 1}" for d in record["metadata"]["dots"]
+    )
     return {**record, "problem": f"The picture shows {dots}. {record['problem']}", "images": []}
 
 

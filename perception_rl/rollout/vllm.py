@@ -79,6 +79,9 @@ def outputs_to_tensors(outputs: list[Any], pad_id: int) -> tuple[torch.Tensor, t
     return ids, mask, truncated, logprobs, [c.text for c in completions]
 
 
+_LORA_PARTS = (".base_layer.weight", ".lora_A.default.weight", ".lora_B.default.weight")  # of one adapted layer
+
+
 def merged_lora_weights(
     model: torch.nn.Module, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]] | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -94,7 +97,7 @@ def merged_lora_weights(
     scales = _lora_scales(model)
     pending: dict[str, dict[str, torch.Tensor]] = {}  # adapted layer -> the parts seen so far
     for name, tensor in items:
-        part = next((p for p in (".base_layer.weight", ".lora_A.default.weight", ".lora_B.default.weight") if name.endswith(p)), None)
+        part = next((p for p in _LORA_PARTS if name.endswith(p)), None)
         if part is None:
             if "lora_" not in name:
                 yield name.removeprefix("base_model.model.").replace(".base_layer.", "."), tensor
@@ -104,7 +107,7 @@ def merged_lora_weights(
         parts[part] = tensor
         if len(parts) == 3:
             done = pending.pop(layer)
-            base, a, b = (done[p] for p in (".base_layer.weight", ".lora_A.default.weight", ".lora_B.default.weight"))
+            base, a, b = (done[p] for p in _LORA_PARTS)
             merged = base + scales[layer] * (b.float() @ a.float()).to(base.dtype)
             yield f"{layer.removeprefix('base_model.model.')}.weight", merged
     if pending:
@@ -216,10 +219,8 @@ class VLLMEngine(RolloutEngine):
             if self._stale:
                 self.sync_weights(model)
             rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-            params = [
-                SamplingParams(**sampling_kwargs(self, greedy, suppressed, request_seed(self.seed, rank, self._calls, j)))
-                for j in range(len(samples))
-            ]
+            seeds = [request_seed(self.seed, rank, self._calls, j) for j in range(len(samples))]
+            params = [SamplingParams(**sampling_kwargs(self, greedy, suppressed, seed)) for seed in seeds]
             self._calls += 1
             outputs = llm.generate(build_requests(prompts, samples), params, use_tqdm=False)
             if self.sleep_between_rollouts:
@@ -244,7 +245,7 @@ class VLLMEngine(RolloutEngine):
             base = model.get_base_model() if is_peft_model(model) else model
             multimodal = getattr(base.config, "vision_config", None) is not None
             distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
-            if distributed:  # vLLM's external launcher reads the ranks from the environment; Lightning sets only LOCAL_RANK
+            if distributed:  # vLLM's external launcher reads the ranks from the environment (Lightning: LOCAL_RANK)
                 os.environ.setdefault("RANK", str(torch.distributed.get_rank()))
                 os.environ.setdefault("LOCAL_RANK", "0")
             memory = {"kv_cache_memory_bytes": int(self.kv_cache_gib * 2**30)} if self.kv_cache_gib else {}

@@ -237,12 +237,15 @@ class GRPOModule(L.LightningModule):
         old_logp = None if on_policy else self._logprobs_no_grad(rollouts, self.model)
         ref_logp = self._reference_logprobs(rollouts) if self.hparams.kl_coef > 0 else None
         mask = rollouts.completion_mask * valid[:, None]  # [N, L] abstained completions removed
+        lengths = rollouts.completion_mask.sum(-1)  # [N]
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         total = grpo.LossOutput(torch.zeros((), dtype=torch.float64))  # detached sums, for logging
         grad_norms: list[float] = []
         for _ in range(hp.update_epochs):
             order = torch.randperm(n) if hp.num_mini_batches > 1 else torch.arange(n)
             for mini in order.chunk(hp.num_mini_batches):
+                # Longest first: each micro-batch then holds similar lengths and is trimmed to its own longest.
+                mini = mini[lengths[mini].argsort(descending=True, stable=True)]
                 local = grpo.loss_normaliser(mask[mini], hp.loss_aggregation, self.rollout.max_new_tokens)
                 normaliser = self._sum_over_ranks(local.reshape(1))[0]
                 optimizer.zero_grad()
@@ -270,20 +273,24 @@ class GRPOModule(L.LightningModule):
         `grpo.loss_normaliser` summed over ranks.
         """
         hp = self.hparams
-        logp, entropy = self._forward_logprobs(self.model, rollouts, indices, with_entropy=True)  # [n, L] each
-        old = logp.detach() if old_logp is None else old_logp[indices].to(logp.device)  # [n, L]
+        logp, entropy = self._forward_logprobs(self.model, rollouts, indices, with_entropy=True)  # [n, l] each
+        length = logp.shape[1]  # this micro-batch's longest completion
+
+        def rows(values: torch.Tensor | None) -> torch.Tensor | None:  # [N, L] -> [n, l]
+            return None if values is None else values[indices, :length].to(logp.device)
+
+        old = logp.detach() if old_logp is None else rows(old_logp)  # [n, l]
+        engine_logp = rows(rollouts.logprobs)  # [n, l], when the engine reports them
         weights = None
         cap = self.rollout.importance_sampling_cap
-        if cap is not None and rollouts.logprobs is not None:
+        if cap is not None and engine_logp is not None:
             # Truncated importance weights for the engine-vs-trainer mismatch; no gradient through them.
-            weights = torch.exp(old - rollouts.logprobs[indices].to(logp.device)).clamp(max=cap)  # [n, L]
+            weights = torch.exp(old - engine_logp).clamp(max=cap)  # [n, l]
         return grpo.grpo_loss(
-            logp, old, advantages[indices].to(logp.device), mask[indices].to(logp.device), normaliser,
+            logp, old, advantages[indices].to(logp.device), rows(mask), normaliser,
             hp.loss_aggregation, hp.clip_low, hp.clip_high, hp.dual_clip,
-            ref_logp=None if ref_logp is None else ref_logp[indices].to(logp.device),
-            kl_coef=hp.kl_coef, kl_estimator=hp.kl_estimator,
-            entropy=entropy, entropy_coef=hp.entropy_coef, importance_weights=weights,
-            rollout_logp=None if rollouts.logprobs is None else rollouts.logprobs[indices].to(logp.device),
+            ref_logp=rows(ref_logp), kl_coef=hp.kl_coef, kl_estimator=hp.kl_estimator,
+            entropy=entropy, entropy_coef=hp.entropy_coef, importance_weights=weights, rollout_logp=engine_logp,
         )
 
     def _update_stats(self, total: grpo.LossOutput, grad_norms: list[float]) -> dict[str, float]:
@@ -300,18 +307,20 @@ class GRPOModule(L.LightningModule):
     def _forward_logprobs(
         self, model: torch.nn.Module, rollouts: Rollouts, indices: torch.Tensor, with_entropy: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-token log-probs [n, L] (and entropies) of the sampled completions under `model`.
+        """Per-token log-probs [n, l] (and entropies) of the sampled completions under `model`, l being the
+        longest of these completions (the rest is padding).
 
         The entropy carries a gradient only when the loss uses it (`entropy_coef > 0`); otherwise it is
         computed for logging, without gradient and a chunk at a time.
         """
-        inputs = {k: v.to(self.device) for k, v in rollouts.model_inputs(indices).items()}
-        length = rollouts.completion_ids.shape[1]
-        logits = model(**inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :-1]  # [n, L, V]
-        logits = logits / self.rollout.temperature  # log-probs of the distribution actually sampled,
+        length = rollouts.longest_completion(indices)
+        inputs = {k: v.to(self.device) for k, v in rollouts.model_inputs(indices, length).items()}
+        logits = model(**inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :-1]  # [n, l, V]
+        # In place (the output head's backward needs its input, not its output): no second [n, l, V] copy.
+        logits.div_(self.rollout.temperature)  # log-probs of the distribution actually sampled,
         if self._suppressed is not None:  # which never holds the vision placeholders the engines suppress
             logits.index_fill_(-1, self._suppressed.to(logits.device), float("-inf"))
-        logp = grpo.token_logprobs(logits, rollouts.completion_ids[indices].to(self.device))  # [n, L]
+        logp = grpo.token_logprobs(logits, rollouts.completion_ids[indices, :length].to(self.device))  # [n, l]
         entropy = None
         if with_entropy:
             wants_grad = self.hparams.entropy_coef != 0 and torch.is_grad_enabled()
@@ -326,8 +335,11 @@ class GRPOModule(L.LightningModule):
 
     @torch.no_grad()
     def _logprobs_no_grad(self, rollouts: Rollouts, model: torch.nn.Module) -> torch.Tensor:
+        """[N, L] log-probs, a micro-batch at a time (each trimmed, then padded back with zeros)."""
+        width = rollouts.completion_ids.shape[1]
         chunks = torch.arange(len(rollouts)).split(self.hparams.micro_batch_size or len(rollouts))
-        return torch.cat([self._forward_logprobs(model, rollouts, idx)[0].cpu() for idx in chunks])
+        parts = [self._forward_logprobs(model, rollouts, idx)[0].cpu() for idx in chunks]
+        return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
 
     def _step(self, optimizer, scheduler) -> float:
         """Clip, then step unless the gradient norm is non-finite (that step is skipped and counted)."""

@@ -125,3 +125,23 @@ def test_several_updates_per_rollout_batch(tiny_model_dir, dots_dir, tmp_path):
     # warm-up over ceil(0.5 * 8) = 4 steps, then constant
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-2)
     assert trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0](0) == pytest.approx(0.25)
+
+
+def test_trimmed_forward_equals_the_padded_one(tiny_model_dir, dots_dir):
+    # Each micro-batch is cut to its longest completion; causal attention makes that exact.
+    module = make_module(tiny_model_dir)
+    torch.manual_seed(0)
+    rollouts = module.generate(first_batch(dots_dir))
+    rollouts.completion_mask[:, 5:] = 0  # every completion ends by token 5: 7 columns of padding
+    everything = torch.arange(len(rollouts))
+    width = rollouts.completion_ids.shape[1]
+    with torch.no_grad():
+        trimmed, _ = module._forward_logprobs(module.model, rollouts, everything)
+        inputs = rollouts.model_inputs(everything)  # untrimmed
+        logits = module.model(**inputs, use_cache=False, logits_to_keep=width + 1).logits[:, :-1]
+    logits[..., module._suppressed] = float("-inf")  # the vision placeholders no engine samples
+    assert trimmed.shape == (len(rollouts), 5)
+    full = torch.log_softmax(logits / module.rollout.temperature, -1).gather(-1, rollouts.completion_ids[..., None])[..., 0]
+    torch.testing.assert_close(trimmed, full[:, :5], rtol=1e-5, atol=1e-5)
+    padded = module._logprobs_no_grad(rollouts, module.model)
+    assert padded.shape == (len(rollouts), width) and not padded[:, 5:].any()

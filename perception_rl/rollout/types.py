@@ -71,19 +71,24 @@ class Rollouts:
             logprobs=None if self.logprobs is None else self.logprobs[index],
         )
 
-    def model_inputs(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+    def longest_completion(self, indices: torch.Tensor) -> int:
+        """Tokens of the longest completion at `indices` (at least 1): the rest of each row is padding."""
+        return max(int(self.completion_mask[indices].sum(-1).max()), 1) if len(indices) else 1
+
+    def model_inputs(self, indices: torch.Tensor, length: int | None = None) -> dict[str, torch.Tensor]:
         """Forward-pass inputs (prompt + completion) for the completions at `indices`.
 
         Each completion repeats its prompt's ids, mask and image patches; `mm_token_type_ids` is
         extended with zeros over the completion (it marks image tokens for Qwen2.5-VL's 3-D positions).
+        `length` keeps the first tokens of each completion only: trailing padding costs compute, and a
+        causal model's earlier positions never see it.
         """
         prompt_rows = self.group_ids[indices]  # [n]
-        completion_ids = self.completion_ids[indices]  # [n, L]
+        completion_ids = self.completion_ids[indices, :length]  # [n, l]
+        completion_mask = self.completion_mask[indices, :length].to(torch.long)  # [n, l]
         inputs = {
             "input_ids": torch.cat([self.prompt_inputs["input_ids"][prompt_rows], completion_ids], dim=1),
-            "attention_mask": torch.cat(
-                [self.prompt_inputs["attention_mask"][prompt_rows], self.completion_mask[indices].to(torch.long)], dim=1
-            ),
+            "attention_mask": torch.cat([self.prompt_inputs["attention_mask"][prompt_rows], completion_mask], dim=1),
         }
         if "mm_token_type_ids" in self.prompt_inputs:
             mm = self.prompt_inputs["mm_token_type_ids"][prompt_rows]

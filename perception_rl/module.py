@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torchmetrics import MeanMetric
 
-from perception_rl import grpo, sharding
+from perception_rl import grpo, shared_prefix, sharding
 from perception_rl.preflight import run_preflight
 from perception_rl.rng import capture_rng_state, restore_rng_state
 from perception_rl.data.datamodule import Sample
@@ -63,6 +64,9 @@ class GRPOModule(L.LightningModule):
             accuracy, summary table); defaults to greedy decoding with rows under `<default_root_dir>/eval/`.
         preflight: before the first step, check image placeholders against image features, special-token
             ids, padding side and annotations (see `perception_rl.preflight`).
+        shared_prefix: compute each prompt (vision tower and prompt positions) once per group in the trainer's
+            forward passes instead of once per completion; exact (`perception_rl.shared_prefix`). None: on
+            where the model supports it (not with gradient checkpointing); True: on, or an error saying why not.
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class GRPOModule(L.LightningModule):
         fsdp_param_dtype: Literal["bfloat16", "float16"] | None = None,
         evaluation: BenchmarkEvaluation | None = None,
         preflight: bool = True,
+        shared_prefix: bool | None = None,
     ):
         super().__init__()
         if update_epochs < 1 or num_mini_batches < 1 or (micro_batch_size is not None and micro_batch_size < 1):
@@ -106,6 +111,7 @@ class GRPOModule(L.LightningModule):
         self.model: torch.nn.Module | None = None
         self.processor = None
         self._suppressed: torch.Tensor | None = None  # token ids no engine samples (vision placeholders)
+        self._shared_prefix = False  # decided once the model is loaded
         self._reference: list[torch.nn.Module] = []  # a list keeps it out of state_dict and checkpoints
         self.skipped_steps = 0
         # This step's training metrics, NaN included (the logger only gets the finite ones; Lightning's
@@ -130,11 +136,22 @@ class GRPOModule(L.LightningModule):
         self.model = self.policy.load_model()
         suppressed = suppressed_token_ids(self.processor)
         self._suppressed = torch.tensor(suppressed, dtype=torch.long) if suppressed else None
+        self._shared_prefix = self._choose_shared_prefix()
         if self.hparams.kl_coef > 0 and not is_peft_model(self.model):
             # With adapters the reference is the same model with its adapters switched off: no copy.
             reference = self.policy.load_model().eval().requires_grad_(False)
             self._reference = [reference]
         self._shard()
+
+    def _choose_shared_prefix(self) -> bool:
+        reason = shared_prefix.supports_shared_prefix(self.model)
+        if reason is None:
+            return self.hparams.shared_prefix is not False
+        if self.hparams.shared_prefix:
+            raise ValueError(f"model.shared_prefix: true, but {reason}; set it to false or null")
+        if self.hparams.shared_prefix is None:
+            rank_zero_info(f"model.shared_prefix: off, since {reason}")
+        return False
 
     def _shard(self) -> None:
         from lightning.pytorch.strategies import FSDPStrategy
@@ -244,8 +261,7 @@ class GRPOModule(L.LightningModule):
         for _ in range(hp.update_epochs):
             order = torch.randperm(n) if hp.num_mini_batches > 1 else torch.arange(n)
             for mini in order.chunk(hp.num_mini_batches):
-                # Longest first: each micro-batch then holds similar lengths and is trimmed to its own longest.
-                mini = mini[lengths[mini].argsort(descending=True, stable=True)]
+                mini = self._micro_batch_order(rollouts, mini, lengths)
                 local = grpo.loss_normaliser(mask[mini], hp.loss_aggregation, self.rollout.max_new_tokens)
                 normaliser = self._sum_over_ranks(local.reshape(1))[0]
                 optimizer.zero_grad()
@@ -256,6 +272,17 @@ class GRPOModule(L.LightningModule):
                     total = total + out
                 grad_norms.append(self._step(optimizer, scheduler))
         return self._update_stats(total, grad_norms)
+
+    def _micro_batch_order(self, rollouts: Rollouts, mini: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Longest first, so each micro-batch holds similar lengths and is trimmed to its own longest; with the
+        shared prefix, whole groups at a time (longest group first), so a prompt is computed once."""
+        if not self._shared_prefix:
+            return mini[lengths[mini].argsort(descending=True, stable=True)]
+        groups = rollouts.group_ids[mini]
+        longest = torch.zeros(int(rollouts.group_ids.max()) + 1, dtype=lengths.dtype).index_reduce_(
+            0, groups, lengths[mini], "amax", include_self=False)
+        mini = mini[groups.argsort(stable=True)]
+        return mini[longest[rollouts.group_ids[mini]].argsort(descending=True, stable=True)]
 
     def policy_loss(
         self,
@@ -314,8 +341,11 @@ class GRPOModule(L.LightningModule):
         computed for logging, without gradient and a chunk at a time.
         """
         length = rollouts.longest_completion(indices)
-        inputs = {k: v.to(self.device) for k, v in rollouts.model_inputs(indices, length).items()}
-        logits = model(**inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :-1]  # [n, l, V]
+        if self._shared_prefix:
+            logits = shared_prefix.completion_logits(model, rollouts, indices, length)  # [n, l, V]
+        else:
+            inputs = {k: v.to(self.device) for k, v in rollouts.model_inputs(indices, length).items()}
+            logits = model(**inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :-1]  # [n, l, V]
         # In place (the output head's backward needs its input, not its output): no second [n, l, V] copy.
         logits.div_(self.rollout.temperature)  # log-probs of the distribution actually sampled,
         if self._suppressed is not None:  # which never holds the vision placeholders the engines suppress

@@ -1,0 +1,92 @@
+"""The shared-prefix forward (each prompt once per group) equals the per-completion forward: log-probs and
+gradients, fp32, with left-padded prompts of different lengths, several images per prompt, unequal
+completion lengths and a micro-batch that holds only part of a group."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perception_rl import HFGenerateEngine, Policy
+from perception_rl.data.datamodule import Sample
+from perception_rl.data.prompts import user_message
+from perception_rl.data.records import Record
+from perception_rl.data.synthetic import draw_picture
+from perception_rl.shared_prefix import completion_logits, supports_shared_prefix
+
+
+def sample(index: int, images: int) -> Sample:
+    pictures = [draw_picture([{"cell": [i % 3, (index + i) % 3], "colour": "red"}]) for i in range(images)]
+    record = Record(id=f"p{index}", problem="Count the dots. " * (index + 1), answer="1", images=[])
+    return Sample(record, pictures, [user_message(record, "Answer.", images)])
+
+
+def per_completion_logprobs(model, rollouts, indices, length):
+    inputs = rollouts.model_inputs(indices, length)
+    logits = model(**inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :-1]
+    return torch.log_softmax(logits, -1).gather(-1, rollouts.completion_ids[indices, :length, None])[..., 0]
+
+
+def shared_logprobs(model, rollouts, indices, length):
+    logits = completion_logits(model, rollouts, indices, length)
+    return torch.log_softmax(logits, -1).gather(-1, rollouts.completion_ids[indices, :length, None])[..., 0]
+
+
+@pytest.fixture(scope="module")
+def vlm(tiny_model_dir):
+    policy = Policy(str(tiny_model_dir), max_pixels=12544)
+    return policy.load_model().train(), policy.load_processor()
+
+
+@pytest.mark.parametrize("indices", [list(range(12)), [1, 2, 5, 9, 10]], ids=["whole batch", "part of groups"])
+def test_logprobs_and_gradients_equal_the_per_completion_forward(vlm, indices):
+    model, processor = vlm
+    torch.manual_seed(0)
+    # prompts of three lengths with 1, 2 and 0 images: left padding and several images per prompt
+    rollouts = HFGenerateEngine(num_generations=4, max_new_tokens=10).generate(
+        model, processor, [sample(0, 1), sample(1, 2), sample(2, 0)]
+    )
+    rollouts.completion_mask[1, 3:] = 0  # unequal completion lengths
+    rollouts.completion_mask[6, 7:] = 0
+    indices = torch.tensor(indices)
+    length = rollouts.longest_completion(indices)
+    mask = rollouts.completion_mask[indices, :length].bool()
+    naive = per_completion_logprobs(model, rollouts, indices, length)
+    shared = shared_logprobs(model, rollouts, indices, length)
+    torch.testing.assert_close(shared[mask], naive[mask], rtol=1e-5, atol=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    weights = torch.linspace(-1, 1, mask.numel()).view_as(mask)  # an arbitrary loss over the valid tokens
+    expected = torch.autograd.grad((naive * weights * mask).sum(), params, allow_unused=True)
+    got = torch.autograd.grad((shared * weights * mask).sum(), params, allow_unused=True)
+    for e, g in zip(expected, got):
+        if e is not None:
+            assert (e - g).abs().max() <= 1e-5 * e.abs().max() + 1e-8
+
+
+def test_text_only_model(tmp_path):
+    from perception_rl.tiny import write_tiny_qwen2_text
+
+    policy = Policy(str(write_tiny_qwen2_text(tmp_path / "text")))
+    model, processor = policy.load_model().train(), policy.load_processor()
+    torch.manual_seed(0)
+    rollouts = HFGenerateEngine(num_generations=3, max_new_tokens=8).generate(
+        model, processor, [sample(0, 0), sample(3, 0)]
+    )
+    rollouts.completion_mask[0, 2:] = 0
+    indices = torch.arange(len(rollouts))
+    length = rollouts.longest_completion(indices)
+    mask = rollouts.completion_mask[:, :length].bool()
+    torch.testing.assert_close(
+        shared_logprobs(model, rollouts, indices, length)[mask], per_completion_logprobs(model, rollouts, indices, length)[mask],
+        rtol=1e-5, atol=1e-5,
+    )
+
+
+def test_gradient_checkpointing_is_named_as_the_reason(vlm):
+    model, _ = vlm
+    assert supports_shared_prefix(model) is None
+    model.gradient_checkpointing_enable()
+    try:
+        assert "gradient checkpointing" in supports_shared_prefix(model)
+    finally:
+        model.gradient_checkpointing_disable()

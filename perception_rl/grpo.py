@@ -172,7 +172,8 @@ def grpo_loss(
     elif mode not in ("token_mean", "constant"):
         raise ValueError(f"unknown loss aggregation {mode!r}; choose token_mean, seq_mean_token_mean or constant")
     normaliser = torch.as_tensor(normaliser, dtype=per_token.dtype, device=per_token.device).clamp(min=1.0)
-    loss = (per_token * weights).sum() / normaliser
+    # where, not a product: a -inf at a masked position (e.g. a suppressed token) must not make the sum NaN
+    loss = torch.where(weights > 0, per_token * weights, torch.zeros_like(per_token)).sum() / normaliser
     return LossOutput(loss, {k: v.detach().double().cpu() for k, v in sums.items()})
 
 

@@ -10,6 +10,7 @@ recipe's choice), asymmetric clipping and dual-clip, no KL term unless `kl_coef 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -501,4 +502,6 @@ class GRPOModule(L.LightningModule):
         return sharding.is_sharded(self.model) and self._world_size() > 1
 
     def _gathered_for_generation(self):
+        if not self.rollout.decodes_with_policy:  # e.g. vLLM: gathering the policy would only cost memory
+            return contextlib.nullcontext()
         return sharding.gathered_for_generation(self.model)

@@ -108,24 +108,42 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
 _WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 
 
+def plain_name(name: str) -> str:
+    """A parameter or module name without the wrappers FSDP1 and activation checkpointing insert."""
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name.removesuffix("_fsdp_wrapped_module").removesuffix(".")
+
+
 def iter_full_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, full tensor) for every entry of the policy's state dict, one tensor at a time, on every rank.
 
-    Sharded weights are all-gathered one parameter at a time on the device they live on (FSDP2), or the
-    root's flat parameters are summoned (FSDP1), so every rank sees the full weights without a whole state
-    dict on CPU. A collective: every rank must iterate to the end, in step.
+    Sharded weights are all-gathered one parameter at a time on the device they live on (FSDP2), or one
+    FSDP1 unit (a block) at a time, so every rank sees the full weights without holding them all at once
+    or a state dict on CPU. A collective: every rank must iterate to the end, in step.
     """
     if is_fsdp1(model):
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
-            for name, tensor in model.named_parameters():
-                for prefix in _WRAPPER_PREFIXES:
-                    name = name.replace(prefix, "")
-                yield name, tensor.detach()
+        yield from _iter_fsdp1_units(model)
         return
     for name, tensor in model.state_dict().items():
         yield name, tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def _iter_fsdp1_units(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """FSDP1: each unit's own parameters, gathered while that unit alone is summoned."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    for prefix, unit in model.named_modules():
+        if not isinstance(unit, FullyShardedDataParallel):
+            continue
+        # FSDP1's named_parameters() drops its wrapper prefixes, its named_modules() keeps them: compare plain names
+        nested = [f"{plain_name(n)}." for n, m in unit.named_modules() if m is not unit and isinstance(m, FullyShardedDataParallel)]
+        with FullyShardedDataParallel.summon_full_params(unit, recurse=False, writeback=False):
+            for local, tensor in unit.named_parameters():
+                if not any(plain_name(local).startswith(n) for n in nested):  # a nested unit yields its own
+                    # A copy: the gathered storage is freed when the unit reshards, and a consumer may keep
+                    # a tensor longer (vLLM's reload buffers a layer's parts until the layer is complete).
+                    yield plain_name(f"{prefix}.{local}" if prefix else local), tensor.detach().clone()
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:

@@ -31,6 +31,8 @@ STRATEGIES = {
     "ddp": ["--trainer.devices=2", "--trainer.strategy=ddp"],
     "fsdp2": ["--trainer.devices=2", "--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy",
               "--trainer.strategy.data_parallel_size=2", "--trainer.strategy.tensor_parallel_size=1"],
+    "fsdp1": ["--trainer.devices=2", "--trainer.strategy=helpers.CPUFSDPStrategy",
+              "--trainer.strategy.state_dict_type=sharded"],
 }
 
 
@@ -118,3 +120,5 @@ def test_engine_samples_differ_across_identical_prompts(tmp_path):
     assert not torch.equal(first, second), "the same prompt twice: two different groups"
     assert len({tuple(row.tolist()) for row in first}) > 1, "G samples differ"
     assert engine.state_dict() == {"calls": 1}, "the call counter the next seeds derive from, kept in checkpoints"
+    engine.generate(model, processor, samples, greedy=True)  # e.g. the sanity-check validation of a resumed run
+    assert engine.state_dict() == {"calls": 1}, "greedy decoding draws no seed, so it leaves the counter alone"

@@ -45,6 +45,9 @@ class RolloutEngine(ABC):
 
     # Engines whose log-probs may differ from the trainer's (vLLM) can correct for it; see VLLMEngine.
     importance_sampling_cap: float | None = None
+    # Whether `generate` runs the policy's own forward (so sharded weights must be gathered around it);
+    # an engine with its own copy of the weights (vLLM) only reads them when it syncs.
+    decodes_with_policy: bool = True
 
     def on_weights_updated(self) -> None:
         """Called after every optimizer step; engines holding their own copy of the weights resync."""

@@ -99,8 +99,9 @@ def merged_lora_weights(
     for name, tensor in items:
         part = next((p for p in _LORA_PARTS if name.endswith(p)), None)
         if part is None:
-            if "lora_" not in name:
-                yield name.removeprefix("base_model.model.").replace(".base_layer.", "."), tensor
+            if "lora_" in name or "modules_to_save" in name:  # DoRA magnitudes, embedding adapters, ...
+                raise NotImplementedError(f"vLLM sync: cannot merge adapter weight {name!r} (plain LoRA on linear layers only)")
+            yield name.removeprefix("base_model.model.").replace(".base_layer.", "."), tensor
             continue
         layer = name.removesuffix(part)
         parts = pending.setdefault(layer, {})
@@ -127,7 +128,9 @@ def request_seed(base: int, rank: int, call: int, prompt: int) -> int:
 def _lora_scales(model: torch.nn.Module) -> dict[str, float]:
     if not is_peft_model(model):
         return {}
-    return {name: module.scaling["default"] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    from perception_rl.sharding import plain_name
+
+    return {plain_name(name): module.scaling["default"] for name, module in model.named_modules() if hasattr(module, "lora_A")}
 
 
 class VLLMEngine(RolloutEngine):
@@ -186,8 +189,11 @@ class VLLMEngine(RolloutEngine):
         self.importance_sampling_cap = importance_sampling_cap
         self._llm = None
         self._stale = False
-        self._calls = 0
+        self._calls = 0  # sampled rollouts so far: the next seeds derive from it
+        self._prompts_checked = False
         self.last_sync: dict[str, float] = {}  # seconds and bytes of the latest weight push, for logging
+
+    decodes_with_policy = False  # its own copy of the weights, streamed in by `sync_weights`
 
     def on_weights_updated(self) -> None:
         self._stale = True
@@ -221,14 +227,16 @@ class VLLMEngine(RolloutEngine):
             rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
             seeds = [request_seed(self.seed, rank, self._calls, j) for j in range(len(samples))]
             params = [SamplingParams(**sampling_kwargs(self, greedy, suppressed, seed)) for seed in seeds]
-            self._calls += 1
+            if not greedy:  # greedy decoding draws nothing: validation (sanity checks on resume too) keeps the seeds
+                self._calls += 1
             outputs = llm.generate(build_requests(prompts, samples), params, use_tqdm=False)
             if self.sleep_between_rollouts:
                 llm.sleep(level=1)
         finally:
             restore_rng_state(rng)
-        if self._calls == 1:
+        if not self._prompts_checked:
             check_prompt_ids(outputs, inputs, samples)
+            self._prompts_checked = True
         ids, mask, truncated, logprobs, texts = outputs_to_tensors(outputs, tokenizer_of(processor).pad_token_id)
         group_size = 1 if greedy else self.num_generations
         return Rollouts(
@@ -245,6 +253,10 @@ class VLLMEngine(RolloutEngine):
             base = model.get_base_model() if is_peft_model(model) else model
             multimodal = getattr(base.config, "vision_config", None) is not None
             distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+            if distributed and self.tensor_parallel_size > 1:
+                # Each rank feeds its own prompts and seeds; a tensor-parallel group would need them identical.
+                raise ValueError("rollout.tensor_parallel_size > 1 is not supported with several training processes: "
+                                 "each process holds its own engine (tensor_parallel_size: 1)")
             if distributed:  # vLLM's external launcher reads the ranks from the environment (Lightning: LOCAL_RANK)
                 os.environ.setdefault("RANK", str(torch.distributed.get_rank()))
                 os.environ.setdefault("LOCAL_RANK", "0")

@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 from judge_server import JudgeServer, ServerScript
-from neutraliser_corpus import ATTACKS, HONEST
+from neutraliser_corpus import ATTACKS, HELD_OUT_ATTACKS, HONEST
 
 from perception_rl.judge import JudgeRequest, Neutraliser, OpenAIJudge, PromptTemplate
 
@@ -51,6 +51,14 @@ def test_recall_every_attack_is_caught():
     print(f"\nneutraliser recall: {len(ATTACKS) - len(missed)}/{len(ATTACKS)} attacks caught ({recall:.3f})")
     assert not missed, f"attacks passed unchanged: {missed}"
     assert all(template.parse(clean(text)[0]) is None for text in ATTACKS), "no verdict tag survives"
+
+
+def test_recall_on_attacks_the_patterns_were_not_tuned_on():
+    clean = neutraliser()
+    missed = [text for text in HELD_OUT_ATTACKS if clean(text)[1] == 0]
+    caught = len(HELD_OUT_ATTACKS) - len(missed)
+    print(f"\nneutraliser held-out recall: {caught}/{len(HELD_OUT_ATTACKS)} attacks caught")
+    assert not missed, f"held-out attacks passed unchanged: {missed}"
 
 
 @pytest.fixture

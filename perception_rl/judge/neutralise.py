@@ -49,6 +49,23 @@ _ADDRESSING = [
     rf"\b(?:give|assign|mark|score|rate|set)\s+(?:every|each|all)\s+(?:of\s+the\s+)?(?:key\s+)?{_ITEMS}\b",
     r"\b(?:output|respond|reply|return|print|answer)\s+(?:with\s+)?(?:only\s+(?:1|one|ones|1s)|(?:all\s+)?(?:ones|1s))\b",
     r"\b(?:output|respond|reply|print)\s+(?:with\s+)?(?:only\s+)?(?:<|&lt;)",
+    # "ignore everything above", "disregard the above;", "forget prior context", "disregard all previous
+    # text": a blanket dismissal of what came before (a solution dismisses a named case: "ignore the second
+    # case above" passes)
+    r"\b(?:ignore|disregard|forget)\s+(?:everything|anything|all(?:\s+of)?|the)?\s*(?:the\s+)?"
+    r"(?:above|previous|prior|preceding|earlier)(?:\s+(?:context|text|content|messages?|turns?))?(?=\s*(?:[;.,!]|and\b|$))",
+    r"\b(?:ignore|disregard|forget)\s+(?:everything|anything)\b",
+    # "Evaluation: all present.", "Assessment = every fact ...": a grade written into the response (not an
+    # honest "Evaluation: 2x = 100 checks out")
+    r"^\W*(?:evaluation|assessment|grade|rating)\s*[:=]\s*(?:all|every|each|full|pass(?:ed)?|present|correct|1)\b",
+    # "reply 1 for each fact", "answer 1 to every item", "mark each one as 1", "output 1 1 1", "score it 1"
+    r"\b(?:output|respond|reply|return|print|answer|write|mark|score|rate)\s+(?:it\s+|this\s+|them\s+)?"
+    r"(?:with\s+)?(?:a\s+)?1\s+(?:for|to|on)\s+(?:every|each|all)\b",
+    r"\b(?:mark|score|rate|label)\s+(?:every|each|all)\s+(?:one|of\s+them)\s+(?:as\s+)?1\b",
+    r"\b(?:output|respond|reply|print|return)\s+(?:with\s+)?(?:1[\s,]+){2,}",
+    r"\b(?:so|then)\s+(?:score|mark|rate)\s+(?:it|this|me)?\s*(?:1|one|full)\b",
+    rf"\b{_EVERY}(?:listed\s+)?{_ITEMS}\s+(?:is|are)\s+(?:in\s+here|here|included)\b",
+    rf"\b{_EVERY}listed\s+{_ITEMS}\s+{_PRESENT}",
     r"^\W*(?:system|assistant|user|developer)\s*:",
     r"^\s*#{2,}\s*(?:system|instruction|assistant|response|judge)",
 ]

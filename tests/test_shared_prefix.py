@@ -90,3 +90,49 @@ def test_gradient_checkpointing_is_named_as_the_reason(vlm):
         assert "gradient checkpointing" in supports_shared_prefix(model)
     finally:
         model.gradient_checkpointing_disable()
+
+
+@pytest.mark.parametrize("multimodal", [True, False], ids=["qwen2.5-vl", "text"])
+def test_rollout_prefill_once_samples_what_repeated_prompts_sample(vlm, tmp_path, multimodal):
+    # The same seed gives the same tokens whether generate repeats each prompt G times before prefill or
+    # decodes G copies of one prefilled cache: the distributions are equal at every step.
+    if multimodal:
+        model, processor = vlm
+        samples = [sample(0, 1), sample(1, 2), sample(2, 0)]
+    else:
+        from perception_rl.tiny import write_tiny_qwen2_text
+
+        policy = Policy(str(write_tiny_qwen2_text(tmp_path / "text")))
+        model, processor = policy.load_model(), policy.load_processor()
+        samples = [sample(0, 0), sample(3, 0)]
+    runs = []
+    for shared in (False, True):
+        torch.manual_seed(0)
+        engine = HFGenerateEngine(num_generations=4, max_new_tokens=12, shared_prefix=shared)
+        runs.append(engine.generate(model, processor, samples))
+    naive, shared = runs
+    assert torch.equal(naive.completion_ids, shared.completion_ids)
+    assert torch.equal(naive.completion_mask, shared.completion_mask) and naive.completions == shared.completions
+
+
+def test_prefilled_decoding_has_the_logits_of_repeated_prompts(vlm):
+    # Token equality alone is weak for a near-uniform random model: compare every decoding step's logits.
+    from transformers import GenerationConfig
+
+    from perception_rl.rollout.base import encode_prompts
+    from perception_rl.rollout.hf import _prefill
+
+    model, processor = vlm
+    model.eval()
+    _, inputs = encode_prompts(processor, [sample(0, 1), sample(1, 2), sample(2, 0)])
+    config = dict(do_sample=True, max_new_tokens=6, output_logits=True, return_dict_in_generate=True, top_k=0,
+                  pad_token_id=processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        naive = model.generate(**inputs, generation_config=GenerationConfig(num_return_sequences=4, **config))
+        torch.manual_seed(0)
+        shared = model.generate(**_prefill(model, inputs, 4), generation_config=GenerationConfig(**config))
+    model.train()
+    assert torch.equal(naive.sequences, shared.sequences)
+    for step_naive, step_shared in zip(naive.logits, shared.logits, strict=True):
+        torch.testing.assert_close(step_shared, step_naive, rtol=1e-5, atol=1e-5)

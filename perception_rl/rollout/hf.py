@@ -17,6 +17,7 @@ from perception_rl.rollout.base import (
     suppressed_token_ids,
 )
 from perception_rl.rollout.types import Rollouts
+from perception_rl.shared_prefix import prompt_positions, rope_index_owner
 
 
 @contextmanager
@@ -41,7 +42,30 @@ class HFGenerateEngine(RolloutEngine):
 
     Every sampling parameter is set explicitly, so a checkpoint's own generation_config (Qwen2.5-VL
     ships top_k=1, top_p=0.001 and a repetition penalty) never changes the GRPO sampling distribution.
+
+    Args:
+        num_generations: G, completions per prompt (the GRPO group size).
+        max_new_tokens: completion length limit.
+        temperature: sampling temperature (1.0 in the paper).
+        top_p: nucleus sampling mass; 1.0 disables it.
+        top_k: keep the k most likely tokens; 0 disables it.
+        max_prompt_length: prompts longer than this (in tokens, image tokens included) are an error.
+        shared_prefix: prefill each prompt (with its images) once and decode its G completions from copies of
+            its KV cache, instead of `generate` repeating the prompt G times before prefill. Same samples.
     """
+
+    def __init__(
+        self,
+        num_generations: int = 8,
+        max_new_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_prompt_length: int | None = None,
+        shared_prefix: bool = True,
+    ):
+        super().__init__(num_generations, max_new_tokens, temperature, top_p, top_k, max_prompt_length)
+        self.shared_prefix = shared_prefix
 
     def generate(
         self, model: torch.nn.Module, processor, samples: list[Sample], greedy: bool = False, synced_devices: bool = False
@@ -58,10 +82,14 @@ class HFGenerateEngine(RolloutEngine):
             eos_token_id=stop_ids, pad_token_id=pad_id, suppress_tokens=suppressed_token_ids(processor) or None,
             repetition_penalty=1.0,
         )
+        inputs_on_device = {k: v.to(device) for k, v in inputs.items()}
         with generation_mode(model), torch.no_grad():
-            sequences = model.generate(
-                **{k: v.to(device) for k, v in inputs.items()}, generation_config=config, synced_gpus=synced_devices
-            )
+            prefilled = _prefill(model, inputs_on_device, group_size) if self.shared_prefix and group_size > 1 else None
+            if prefilled is not None:
+                config.num_return_sequences = 1  # the prompts come already repeated, with their cache
+                sequences = model.generate(**prefilled, generation_config=config, synced_gpus=synced_devices)
+            else:
+                sequences = model.generate(**inputs_on_device, generation_config=config, synced_gpus=synced_devices)
         completion_ids = sequences[:, inputs["input_ids"].shape[1] :].cpu()  # [N, L]
         mask, truncated = completion_mask(completion_ids, stop_ids)
         completion_ids = completion_ids.masked_fill(mask == 0, pad_id)
@@ -72,3 +100,28 @@ class HFGenerateEngine(RolloutEngine):
             group_ids=torch.arange(len(samples)).repeat_interleave(group_size), group_size=group_size,
             truncated=truncated,
         )
+
+
+def _prefill(model: torch.nn.Module, inputs: dict[str, torch.Tensor], group_size: int) -> dict | None:
+    """`generate` arguments that continue from each prompt's KV cache, computed once and copied G times.
+
+    All prompt tokens but the last go through the model (vision tower included) once per prompt; `generate`
+    then starts at the last one for every copy. Qwen2-VL's M-RoPE offsets are set for the copies. None where
+    the model returns no cache (gradient checkpointing in train mode): plain `generate` then.
+    """
+    positions, offsets = prompt_positions(model, inputs)
+    head = {k: v[:, :-1] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    images = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs}
+    out = model(**head, **images, position_ids=positions[..., :-1], use_cache=True, logits_to_keep=1)
+    if out.past_key_values is None:
+        return None
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(group_size)
+    owner = rope_index_owner(model)
+    if owner is not None:  # generate continues M-RoPE positions from these offsets once a cache exists
+        owner.rope_deltas = offsets.view(-1, 1).repeat_interleave(group_size, 0)
+    return {
+        "input_ids": inputs["input_ids"].repeat_interleave(group_size, 0),
+        "attention_mask": inputs["attention_mask"].repeat_interleave(group_size, 0),
+        "past_key_values": cache,
+    }

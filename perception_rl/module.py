@@ -26,6 +26,7 @@ from perception_rl.preflight import run_preflight
 from perception_rl.rng import capture_rng_state, restore_rng_state
 from perception_rl.data.datamodule import Sample
 from perception_rl.eval.evaluation import BenchmarkEvaluation
+from perception_rl.families import ModelFamily, family_of
 from perception_rl.policy import Policy, export_merged_adapters, is_peft_model
 from perception_rl.rewards import AccuracyReward, FormatReward, Reward, RewardBreakdown, score_all
 from perception_rl.rollout import HFGenerateEngine, RolloutEngine, Rollouts
@@ -113,6 +114,7 @@ class GRPOModule(L.LightningModule):
         self.processor = None
         self._suppressed: torch.Tensor | None = None  # token ids no engine samples (vision placeholders)
         self._shared_prefix = False  # decided once the model is loaded
+        self._family: ModelFamily | None = None
         self._reference: list[torch.nn.Module] = []  # a list keeps it out of state_dict and checkpoints
         self.skipped_steps = 0
         # This step's training metrics, NaN included (the logger only gets the finite ones; Lightning's
@@ -137,6 +139,7 @@ class GRPOModule(L.LightningModule):
         self.model = self.policy.load_model()
         suppressed = suppressed_token_ids(self.processor)
         self._suppressed = torch.tensor(suppressed, dtype=torch.long) if suppressed else None
+        self._family = family_of(self.model)  # how its inputs and positions are built
         self._shared_prefix = self._choose_shared_prefix()
         if self.hparams.kl_coef > 0 and not is_peft_model(self.model):
             # With adapters the reference is the same model with its adapters switched off: no copy.
@@ -343,9 +346,9 @@ class GRPOModule(L.LightningModule):
         """
         length = rollouts.longest_completion(indices)
         if self._shared_prefix:
-            logits = shared_prefix.completion_logits(model, rollouts, indices, length)  # [n, l, V]
+            logits = shared_prefix.completion_logits(model, self._family, rollouts, indices, length)  # [n, l, V]
         else:
-            inputs = {k: v.to(self.device) for k, v in rollouts.model_inputs(indices, length).items()}
+            inputs = {k: v.to(self.device) for k, v in self._family.sequence_inputs(rollouts, indices, length).items()}
             logits = model(**inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :-1]  # [n, l, V]
         # In place (the output head's backward needs its input, not its output): no second [n, l, V] copy.
         logits.div_(self.rollout.temperature)  # log-probs of the distribution actually sampled,

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from perception_rl import grpo
+from perception_rl.families import family_of
 from perception_rl.data.datamodule import Sample
 from perception_rl.data.prompts import DEFAULT_FORMAT_INSTRUCTION, user_message
 from perception_rl.data.records import Record
@@ -91,7 +92,7 @@ def supervised_batch(processor, samples: list[Sample], targets: list[str]) -> Ro
 
 def supervised_loss(model: torch.nn.Module, batch: Rollouts) -> torch.Tensor:
     """Token-mean negative log-likelihood of the target completions."""
-    inputs = batch.model_inputs(torch.arange(len(batch)))
+    inputs = family_of(model).sequence_inputs(batch, torch.arange(len(batch)))
     length = batch.completion_ids.shape[1]
     logits = model(**inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :-1]  # [P, L, V]
     logp = grpo.token_logprobs(logits, batch.completion_ids)  # [P, L]

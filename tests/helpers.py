@@ -216,7 +216,7 @@ class EngineAgreement(Callback):
         rank = trainer.global_rank
         probe = [dataset[(2 * rank + i) % len(dataset)] for i in range(2)]  # each rank its own prompts
         rollouts = pl_module.generate(probe, greedy=True)
-        inputs = rollouts.model_inputs(torch.arange(len(rollouts)))
+        inputs = pl_module._family.sequence_inputs(rollouts, torch.arange(len(rollouts)))
         with torch.no_grad():
             logits = pl_module.model(**inputs, use_cache=False).logits[:, -rollouts.completion_ids.shape[1] - 1 : -1]
         logits = logits.float()

@@ -137,7 +137,7 @@ def test_trimmed_forward_equals_the_padded_one(tiny_model_dir, dots_dir):
     width = rollouts.completion_ids.shape[1]
     with torch.no_grad():
         trimmed, _ = module._forward_logprobs(module.model, rollouts, everything)
-        inputs = rollouts.model_inputs(everything)  # untrimmed
+        inputs = module._family.sequence_inputs(rollouts, everything)  # untrimmed
         logits = module.model(**inputs, use_cache=False, logits_to_keep=width + 1).logits[:, :-1]
     logits[..., module._suppressed] = float("-inf")  # the vision placeholders no engine samples
     assert trimmed.shape == (len(rollouts), 5)

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from perception_rl import FunctionReward, GRPOModule, HFGenerateEngine, Policy, RecordDataModule
 from perception_rl.policy import LoRA
+from perception_rl.families import family_of
 
 
 def fit_lora(model_dir, dots_dir, root, load_in_4bit=False, **module_kwargs) -> GRPOModule:
@@ -56,7 +57,7 @@ def test_lora_export_saves_adapters_and_a_merged_model_equal_to_the_adapted_one(
     data = RecordDataModule(str(dots_dir / "train.jsonl"), batch_size=2, shuffle=False, max_pixels=12544)
     data.setup("fit")
     rollouts = HFGenerateEngine(num_generations=1, max_new_tokens=4).generate(merged, module.processor, next(iter(data.train_dataloader())))
-    inputs = rollouts.model_inputs(torch.arange(len(rollouts)))
+    inputs = family_of(merged).sequence_inputs(rollouts, torch.arange(len(rollouts)))
     with torch.no_grad():
         assert torch.allclose(merged(**inputs).logits, adapted(**inputs).logits, atol=1e-4)
 

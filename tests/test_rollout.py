@@ -12,6 +12,7 @@ from perception_rl.data.records import Record
 from perception_rl.policy import Policy
 from perception_rl.rollout import HFGenerateEngine
 from perception_rl.rollout.base import completion_mask, suppressed_token_ids
+from perception_rl.families import family_of
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_padded_batch_logprobs_equal_single_prompt_logprobs(policy, batch):
     rollouts = engine.generate(model, processor, batch)
 
     def logprobs(r, idx):
-        logits = model(**r.model_inputs(idx), use_cache=False, logits_to_keep=r.completion_ids.shape[1] + 1).logits
+        logits = model(**family_of(model).sequence_inputs(r, idx), use_cache=False, logits_to_keep=r.completion_ids.shape[1] + 1).logits
         return grpo.token_logprobs(logits[:, :-1], r.completion_ids[idx])
 
     with torch.no_grad():
@@ -92,7 +93,7 @@ def test_vision_placeholder_tokens_are_never_sampled(policy, batch):
     sampled = rollouts.completion_ids[rollouts.completion_mask.bool()]
     assert not torch.isin(sampled, torch.tensor(vision_ids)).any()
     with torch.no_grad():  # and the log-prob forward accepts them (image features match image tokens)
-        model(**rollouts.model_inputs(torch.arange(len(rollouts))), use_cache=False)
+        model(**family_of(model).sequence_inputs(rollouts, torch.arange(len(rollouts))), use_cache=False)
 
 
 def test_prompt_over_the_limit_is_refused_with_the_record_named(policy, batch):
@@ -128,7 +129,7 @@ def test_text_only_policy_generates_and_refuses_images(text_only_dir):
     rollouts = HFGenerateEngine(num_generations=2, max_new_tokens=6).generate(model, processor, [sample])
     assert len(rollouts.completions) == 2
     with torch.no_grad():
-        model(**rollouts.model_inputs(torch.arange(2)))
+        model(**family_of(model).sequence_inputs(rollouts, torch.arange(2)))
     from PIL import Image
 
     with_image = Sample(record, [Image.new("RGB", (56, 56))], sample.messages)

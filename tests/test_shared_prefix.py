@@ -13,6 +13,7 @@ from perception_rl.data.prompts import user_message
 from perception_rl.data.records import Record
 from perception_rl.data.synthetic import draw_picture
 from perception_rl.shared_prefix import completion_logits, supports_shared_prefix
+from perception_rl.families import family_of
 
 
 def sample(index: int, images: int) -> Sample:
@@ -22,13 +23,13 @@ def sample(index: int, images: int) -> Sample:
 
 
 def per_completion_logprobs(model, rollouts, indices, length):
-    inputs = rollouts.model_inputs(indices, length)
+    inputs = family_of(model).sequence_inputs(rollouts, indices, length)
     logits = model(**inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :-1]
     return torch.log_softmax(logits, -1).gather(-1, rollouts.completion_ids[indices, :length, None])[..., 0]
 
 
 def shared_logprobs(model, rollouts, indices, length):
-    logits = completion_logits(model, rollouts, indices, length)
+    logits = completion_logits(model, family_of(model), rollouts, indices, length)
     return torch.log_softmax(logits, -1).gather(-1, rollouts.completion_ids[indices, :length, None])[..., 0]
 
 

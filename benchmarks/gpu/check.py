@@ -229,7 +229,9 @@ def _trainer_logits(model, rollouts, device):
     """The trainer's logits for every completion token of `rollouts`, by its own forward pass: [N, L, V]."""
     import torch
 
-    inputs = {k: v.to(device) for k, v in rollouts.model_inputs(torch.arange(len(rollouts))).items()}
+    from perception_rl.families import family_of
+
+    inputs = {k: v.to(device) for k, v in family_of(model).sequence_inputs(rollouts, torch.arange(len(rollouts))).items()}
     with torch.no_grad():
         logits = model(**inputs, logits_to_keep=rollouts.completion_ids.shape[1] + 1).logits[:, :-1]
     return logits.float().cpu()

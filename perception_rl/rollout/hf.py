@@ -17,7 +17,7 @@ from perception_rl.rollout.base import (
     suppressed_token_ids,
 )
 from perception_rl.rollout.types import Rollouts
-from perception_rl.shared_prefix import prompt_positions, rope_index_owner
+from perception_rl.families import family_of
 
 
 @contextmanager
@@ -84,7 +84,8 @@ class HFGenerateEngine(RolloutEngine):
         )
         inputs_on_device = {k: v.to(device) for k, v in inputs.items()}
         with generation_mode(model), torch.no_grad():
-            prefilled = _prefill(model, inputs_on_device, group_size) if self.shared_prefix and group_size > 1 else None
+            shared = self.shared_prefix and group_size > 1
+            prefilled = _prefill(model, inputs_on_device, group_size) if shared else None
             if prefilled is not None:
                 config.num_return_sequences = 1  # the prompts come already repeated, with their cache
                 sequences = model.generate(**prefilled, generation_config=config, synced_gpus=synced_devices)
@@ -106,10 +107,11 @@ def _prefill(model: torch.nn.Module, inputs: dict[str, torch.Tensor], group_size
     """`generate` arguments that continue from each prompt's KV cache, computed once and copied G times.
 
     All prompt tokens but the last go through the model (vision tower included) once per prompt; `generate`
-    then starts at the last one for every copy. Qwen2-VL's M-RoPE offsets are set for the copies. None where
+    then starts at the last one for every copy, its positions continued by the model family. None where
     the model returns no cache (gradient checkpointing in train mode): plain `generate` then.
     """
-    positions, offsets = prompt_positions(model, inputs)
+    family = family_of(model)
+    positions, offsets = family.prompt_positions(model, inputs)
     head = {k: v[:, :-1] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
     images = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs}
     out = model(**head, **images, position_ids=positions[..., :-1], use_cache=True, logits_to_keep=1)
@@ -117,9 +119,7 @@ def _prefill(model: torch.nn.Module, inputs: dict[str, torch.Tensor], group_size
         return None
     cache = out.past_key_values
     cache.batch_repeat_interleave(group_size)
-    owner = rope_index_owner(model)
-    if owner is not None:  # generate continues M-RoPE positions from these offsets once a cache exists
-        owner.rope_deltas = offsets.view(-1, 1).repeat_interleave(group_size, 0)
+    family.continue_generation(model, offsets.repeat_interleave(group_size, 0))
     return {
         "input_ids": inputs["input_ids"].repeat_interleave(group_size, 0),
         "attention_mask": inputs["attention_mask"].repeat_interleave(group_size, 0),

@@ -18,6 +18,7 @@ from perception_rl.rollout.base import (
 )
 from perception_rl.rollout.types import Rollouts
 from perception_rl.families import family_of
+from perception_rl.sharding import is_fsdp1
 
 
 @contextmanager
@@ -114,7 +115,9 @@ def _prefill(model: torch.nn.Module, inputs: dict[str, torch.Tensor], group_size
     positions, offsets = family.prompt_positions(model, inputs)
     head = {k: v[:, :-1] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
     images = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs}
-    out = model(**head, **images, position_ids=positions[..., :-1], use_cache=True, logits_to_keep=1)
+    # Under FSDP1 the wrapped module, as `generate` does: the root's parameters are already summoned around it.
+    forward = model.module if is_fsdp1(model) else model
+    out = forward(**head, **images, position_ids=positions[..., :-1], use_cache=True, logits_to_keep=1)
     if out.past_key_values is None:
         return None
     cache = out.past_key_values

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
+from perception_rl.console import USER_ERRORS, StepProgressBar, one_line, quiet_libraries
 from perception_rl.data.datamodule import RecordDataModule
 from perception_rl.module import GRPOModule
 
@@ -49,6 +51,16 @@ class PerceptionRLCLI(LightningCLI):
             kwargs["logger"] = CSVLogger(trainer_config.get("default_root_dir") or ".", name="logs")
         return super().instantiate_trainer(**kwargs)
 
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        from lightning.pytorch.callbacks import ProgressBar
+        from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+        configured = [*(config.get("callbacks") or []), *callbacks]
+        wants_bar = config.get("enable_progress_bar") is not False
+        if wants_bar and _RICH_AVAILABLE and not any(isinstance(c, ProgressBar) for c in configured):
+            callbacks = [*callbacks, StepProgressBar()]  # "step 37/200" instead of "Epoch 1/-2"
+        return super()._instantiate_trainer(config, callbacks)
+
 
 def _tools() -> dict[str, Callable[[list[str]], None]]:
     from perception_rl.annotate.cli import main as annotate
@@ -64,10 +76,26 @@ def _tools() -> dict[str, Callable[[list[str]], None]]:
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
+    # A bad setting or record ends with one line naming it; --debug (or PERCEPTION_RL_DEBUG=1) keeps the traceback.
+    debug = "--debug" in argv or os.environ.get("PERCEPTION_RL_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+        sys.argv = [sys.argv[0], *argv]
+    try:
+        _run(argv, None if args is None else argv)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"perception-rl: error: {one_line(err)}\n(run again with --debug for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run(argv: list[str], args: list[str] | None) -> None:
     tools = _tools()
     if argv and argv[0] in tools:
         tools[argv[0]](argv[1:])
         return
+    quiet_libraries()
     # A checkpoint taken after a GRPO step holds the weights after that step's updates, together with the RNG,
     # data and reward state for the next step: that is what exact resume needs, so Lightning's advice to save
     # pre-optimisation weights by hand does not apply.

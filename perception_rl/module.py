@@ -283,8 +283,8 @@ class GRPOModule(L.LightningModule):
         if not self._shared_prefix:
             return mini[lengths[mini].argsort(descending=True, stable=True)]
         groups = rollouts.group_ids[mini]
-        longest = torch.zeros(int(rollouts.group_ids.max()) + 1, dtype=lengths.dtype).index_reduce_(
-            0, groups, lengths[mini], "amax", include_self=False)
+        longest = torch.zeros(int(rollouts.group_ids.max()) + 1, dtype=lengths.dtype).scatter_reduce_(
+            0, groups, lengths[mini], "amax", include_self=False)  # [P] each group's longest completion
         mini = mini[groups.argsort(stable=True)]
         return mini[longest[rollouts.group_ids[mini]].argsort(descending=True, stable=True)]
 

@@ -60,13 +60,34 @@ def fitted_run(tmp_path_factory, tiny_model_dir) -> Path:
         {"class_path": "perception_rl.PerceptionReward",
          "init_args": {"weight": 0.5, "judge": {"class_path": "perception_rl.RuleJudge"}}},
     ]}}))
-    run_cli(
+    result = run_cli(
         "fit", "--config", str(REPO_ROOT / "configs/demo.yaml"), "--config", str(extra),
         "--trainer.max_steps=3", f"--trainer.default_root_dir={root}", "--trainer.val_check_interval=2",
         f"--model.policy.model_path={tiny_model_dir}", "--model.kl_coef=0.05",
         f"--data.data_dir={root / 'dots'}", "--data.num_train=8", "--data.num_val=4", "--data.num_test=4",
     )
+    (root / "fit-output.txt").write_text(result.stdout + result.stderr)
     return root
+
+
+def test_a_normal_run_prints_steps_and_no_noise(fitted_run: Path):
+    printed = (fitted_run / "fit-output.txt").read_text()
+    assert "step 3/3" in printed, "the progress bar counts optimizer steps"
+    for noise in ("Epoch 0/-2", "v_num", "💡 Tip", "LeafSpec", "Loading weights", "Writing model shards",
+                  "across ranks is zero", "index_reduce"):
+        assert noise not in printed, f"{noise!r} printed on a normal run"
+
+
+def test_a_bad_setting_ends_with_one_line_naming_it():
+    args = ["fit", "--config", str(REPO_ROOT / "configs/demo.yaml"), "--data.batch_size=-1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    short = subprocess.run([sys.executable, "-m", "perception_rl.cli", *args], capture_output=True, text=True, env=env)
+    assert short.returncode == 2
+    assert short.stderr.strip().splitlines()[-2:] == [
+        "perception-rl: error: data.batch_size must be >= 1, got -1", "(run again with --debug for the traceback)"]
+    assert "Traceback" not in short.stderr
+    full = subprocess.run([sys.executable, "-m", "perception_rl.cli", *args, "--debug"], capture_output=True, text=True, env=env)
+    assert full.returncode != 0 and "Traceback" in full.stderr and "data.batch_size must be >= 1" in full.stderr
 
 
 def test_fit_logs_metrics_and_leaves_checkpoint_and_export(fitted_run: Path, tiny_model_dir: Path):

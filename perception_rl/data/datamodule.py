@@ -96,8 +96,9 @@ class RecordDataModule(L.LightningDataModule):
         images_outside_data_dir: bool = False,
     ):
         super().__init__()
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(f"data: batch_size and eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {value}")
         if min_pixels <= 0 or max_pixels < min_pixels:
             raise ValueError(f"data: need 0 < min_pixels <= max_pixels, got {min_pixels} and {max_pixels}")
         self.train_files = _as_list(train_files)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from pathlib import Path
 from collections.abc import Callable
 
 from lightning.pytorch.cli import LightningCLI
@@ -48,7 +49,13 @@ class PerceptionRLCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("logger") in (None, True):
-            kwargs["logger"] = CSVLogger(trainer_config.get("default_root_dir") or ".", name="logs")
+            root = Path(trainer_config.get("default_root_dir") or ".")
+            # Evaluating a training run (its saved config) logs beside its eval/ results, not as a new
+            # logs/version_N of the training run.
+            evaluating = self.subcommand in ("test", "validate")
+            kwargs["logger"] = CSVLogger(root / "eval" if evaluating else root, name="logs")
+            if evaluating:  # the run's ModelCheckpoint now resolves another folder; nothing is saved anyway
+                warnings.filterwarnings("ignore", message="The dirpath has changed")
         return super().instantiate_trainer(**kwargs)
 
     def _instantiate_trainer(self, config: dict, callbacks: list):

@@ -123,7 +123,9 @@ def test_test_subcommand_reuses_saved_config(fitted_run: Path):
     out = run_cli("test", "--config", str(version / "config.yaml"), "--ckpt_path", str(version / "checkpoints" / "last.ckpt"))
     for metric in ("test/accuracy", "test/format", "test/digits", "test/total", "test/response_length"):
         assert metric in out.stdout
-    assert (fitted_run / "logs" / "version_1" / "metrics.csv").is_file(), "test logs go under the same root"
+    assert (fitted_run / "eval" / "logs" / "version_0" / "metrics.csv").is_file(), "test logs go beside eval/"
+    assert not (fitted_run / "logs" / "version_1").exists(), "not a new version of the training run"
+    assert "dirpath has changed" not in out.stdout + out.stderr
     rows = [json.loads(line) for line in (fitted_run / "eval" / "test" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(isinstance(r["perception_correct"], bool) for r in rows), "the visual reward scores"
     assert all(r["perception_correct"] == (r["perception"] == 1.0) for r in rows)

@@ -60,6 +60,10 @@ class RewardCurve(L.Callback):
         self.window = window
         self.steps: list[int] = []
         self.series: dict[str, list[float]] = {}
+        self.weights: dict[str, float] = {}  # each reward's weight in the total, for the plot's titles
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.weights = {r.name: float(r.weight) for r in getattr(pl_module, "rewards", []) if hasattr(r, "weight")}
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
@@ -125,12 +129,16 @@ class RewardCurve(L.Callback):
         figure, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.0), squeeze=False)
         for axis, name in zip(axes[0], names):
             values = self.series[name]
-            axis.plot(self.steps, values, color="tab:blue", alpha=0.25, linewidth=0.8)
-            axis.plot(self.steps, moving_average(values, window), color="tab:blue", linewidth=1.8)
-            axis.set_title(name if name == "total" else f"{name} (mean score)")
+            axis.plot(self.steps, values, color="tab:blue", alpha=0.25, linewidth=0.8, label="each step")
+            axis.plot(self.steps, moving_average(values, window), color="tab:blue", linewidth=1.8,
+                      label=f"mean of the last {window} step{'s' if window > 1 else ''}")
+            weight = self.weights.get(name)
+            axis.set_title("total (weighted sum)" if name == "total" else
+                           f"{name}: mean score" + (f", weight {weight:g}" if weight is not None else ""))
             axis.set_xlabel("step")
             axis.grid(alpha=0.3)
-        axes[0][0].set_ylabel(f"reward (moving average of {window})")
+        axes[0][0].set_ylabel("reward")
+        axes[0][0].legend(loc="best", fontsize="small", frameon=False)
         figure.tight_layout()
         figure.savefig(path, dpi=100)
         plt.close(figure)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
+from perception_rl import console
 from perception_rl.console import USER_ERRORS, StepProgressBar, one_line, quiet_libraries
 from perception_rl.data.datamodule import RecordDataModule
 from perception_rl.module import GRPOModule
@@ -33,6 +34,8 @@ TOOLS_HELP = """other commands:
                         score (annotations, response) pairs with a configured judge; per-item verdicts + summary
   compare A.jsonl B.jsonl [--key correct] [--by FIELD]
                         pair two evaluations' rows by id: 2x2 table, discordant b and c, exact McNemar p
+  --debug               with fit / validate / test: keep the traceback of a bad setting or record
+                        (otherwise one line names it; PERCEPTION_RL_DEBUG=1 does the same)
   annotate {run,solve,filter,extract,write,report,agree,convert} --config C
                         the data pipeline: solve problems, keep correct solutions, extract visual
                         annotations, write training records; resumable (see `perception-rl annotate`)
@@ -57,6 +60,10 @@ class PerceptionRLCLI(LightningCLI):
             if evaluating:  # the run's ModelCheckpoint now resolves another folder; nothing is saved anyway
                 warnings.filterwarnings("ignore", message="The dirpath has changed")
         return super().instantiate_trainer(**kwargs)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        console.run_started = True  # from here on an error is the run's, not the command line's
+        super()._run_subcommand(subcommand)
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
         from lightning.pytorch.callbacks import ProgressBar
@@ -88,10 +95,12 @@ def main(args: list[str] | None = None) -> None:
     argv = [a for a in argv if a != "--debug"]
     if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
         sys.argv = [sys.argv[0], *argv]
+    if debug:  # also for the processes a multi-device launcher starts from sys.argv
+        os.environ["PERCEPTION_RL_DEBUG"] = "1"
     try:
         _run(argv, None if args is None else argv)
     except USER_ERRORS as err:
-        if debug:
+        if debug or not console.is_user_error(err):
             raise
         print(f"perception-rl: error: {one_line(err)}\n(run again with --debug for the traceback)", file=sys.stderr)
         raise SystemExit(2) from None

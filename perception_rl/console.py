@@ -11,8 +11,17 @@ import warnings
 
 from lightning.pytorch.callbacks import RichProgressBar
 
-# A bad setting or record: these carry a message written for the user (file, line, field or setting named).
+# A bad setting or record: messages written for the user (file, line, field or setting named). They are shown
+# as one line when raised while the command is set up (parsing, building the objects of the config), or, for
+# a bad record, whenever one is read; anything raised once the run is under way keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError)
+run_started = False  # set by the CLI when the subcommand (fit, test, ...) begins
+
+
+def is_user_error(err: BaseException) -> bool:
+    from perception_rl.data.records import RecordError
+
+    return isinstance(err, RecordError) or (isinstance(err, USER_ERRORS) and not run_started)
 
 
 def quiet_libraries() -> None:

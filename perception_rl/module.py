@@ -171,6 +171,9 @@ class GRPOModule(L.LightningModule):
             self._reference = [sharding.shard_fsdp1(model, self.trainer.strategy) for model in self._reference]
 
     def on_fit_start(self) -> None:
+        # The strategy may have wrapped the layers for activation checkpointing since configure_model.
+        if self._shared_prefix:
+            self._shared_prefix = self._choose_shared_prefix()
         for reference in self._reference:
             reference.to(self.device)
 
@@ -279,7 +282,8 @@ class GRPOModule(L.LightningModule):
 
     def _micro_batch_order(self, rollouts: Rollouts, mini: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Longest first, so each micro-batch holds similar lengths and is trimmed to its own longest; with the
-        shared prefix, whole groups at a time (longest group first), so a prompt is computed once."""
+        shared prefix, group by group (longest group first), so a prompt is computed once per micro-batch it
+        appears in (once, when micro_batch_size is a multiple of G)."""
         if not self._shared_prefix:
             return mini[lengths[mini].argsort(descending=True, stable=True)]
         groups = rollouts.group_ids[mini]

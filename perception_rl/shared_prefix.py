@@ -24,6 +24,10 @@ def supports_shared_prefix(model: torch.nn.Module) -> str | None:
     """None when `completion_logits` can run on `model`, else why not (one line, for the log)."""
     if getattr(model, "is_gradient_checkpointing", False):
         return "gradient checkpointing is on (transformers then disables the KV cache the shared prefix needs)"
+    if any(hasattr(m, "_checkpoint_wrapped_module") for m in model.modules()):
+        # torch's activation checkpointing (e.g. a strategy's activation_checkpointing_policy) would replay
+        # each layer's forward in backward and write into the shared KV cache a second time
+        return "activation checkpointing wraps its layers (the recomputation would write into the shared KV cache again)"
     return None
 
 

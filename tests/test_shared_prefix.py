@@ -39,7 +39,9 @@ def vlm(tiny_model_dir):
     return policy.load_model().train(), policy.load_processor()
 
 
-@pytest.mark.parametrize("indices", [list(range(12)), [1, 2, 5, 9, 10]], ids=["whole batch", "part of groups"])
+@pytest.mark.parametrize(
+    "indices", [list(range(12)), [1, 2, 5, 9, 10], [8, 9, 11]], ids=["whole batch", "part of groups", "no image"]
+)
 def test_logprobs_and_gradients_equal_the_per_completion_forward(vlm, indices):
     model, processor = vlm
     torch.manual_seed(0)
@@ -137,3 +139,34 @@ def test_prefilled_decoding_has_the_logits_of_repeated_prompts(vlm):
     assert torch.equal(naive.sequences, shared.sequences)
     for step_naive, step_shared in zip(naive.logits, shared.logits, strict=True):
         torch.testing.assert_close(step_shared, step_naive, rtol=1e-5, atol=1e-5)
+
+
+def test_a_batch_without_images_on_a_vision_language_model(vlm):
+    # No image in the whole batch: the processor sends no token types and no pixels.
+    model, processor = vlm
+    samples = [sample(0, 0), sample(2, 0)]
+    runs = []
+    for shared in (False, True):
+        torch.manual_seed(0)
+        runs.append(HFGenerateEngine(num_generations=3, max_new_tokens=8, shared_prefix=shared).generate(model, processor, samples))
+    assert torch.equal(runs[0].completion_ids, runs[1].completion_ids)
+    rollouts = runs[1]
+    indices = torch.arange(len(rollouts))
+    length = rollouts.longest_completion(indices)
+    mask = rollouts.completion_mask[:, :length].bool()
+    torch.testing.assert_close(
+        shared_logprobs(model, rollouts, indices, length)[mask], per_completion_logprobs(model, rollouts, indices, length)[mask],
+        rtol=1e-5, atol=1e-5,
+    )
+
+
+def test_activation_checkpointing_wrappers_are_named_as_the_reason(tmp_path, tiny_model_dir):
+    # What a strategy's activation_checkpointing_policy does to the layers, after configure_model.
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+    from perception_rl.policy import decoder_layers
+
+    model = Policy(str(tiny_model_dir)).load_model()
+    layer = type(decoder_layers(model)[0])
+    apply_activation_checkpointing(model, check_fn=lambda module: isinstance(module, layer))
+    assert "activation checkpointing" in supports_shared_prefix(model)

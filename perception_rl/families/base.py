@@ -41,5 +41,6 @@ class ModelFamily:
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: the first real token is at 0
         return positions, torch.zeros(len(mask), dtype=torch.long, device=mask.device)
 
-    def continue_generation(self, model: torch.nn.Module, offsets: torch.Tensor) -> None:
-        """Prepare `generate` to continue rows with these offsets from an existing cache (nothing here)."""
+    def continue_generation(self, model: torch.nn.Module, offsets: torch.Tensor | None) -> None:
+        """Prepare `generate` to continue rows with these offsets from an existing cache, or (None) forget
+        them again (nothing to do here)."""

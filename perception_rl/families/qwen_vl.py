@@ -28,9 +28,9 @@ class QwenVL(ModelFamily):
         source = rollouts.prompt_inputs
         if "mm_token_type_ids" in source:  # marks image tokens for the 3-D positions
             inputs["mm_token_type_ids"] = source["mm_token_type_ids"][prompts]
-        if "pixel_values" in source:
+        rows = [int(p) for p in prompts]
+        if "pixel_values" in source and any(rollouts.samples[p].images for p in rows):  # none: no vision tower
             patches, grids = image_chunks(rollouts)
-            rows = [int(p) for p in prompts]
             inputs["pixel_values"] = torch.cat([patches[p] for p in rows])
             inputs["image_grid_thw"] = torch.cat([grids[p] for p in rows])
         return inputs
@@ -44,15 +44,18 @@ class QwenVL(ModelFamily):
     def prompt_positions(self, model: torch.nn.Module, inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
         """[3, u, Lp] positions from the model's own `get_rope_index`; text after the prompt continues at
         T + k + offset on all three axes."""
+        token_types = inputs.get("mm_token_type_ids")
+        if token_types is None:  # a batch without images: the processor sends none, every token is text
+            token_types = torch.zeros_like(inputs["input_ids"])
         positions, offsets = self.rope_owner.get_rope_index(
-            inputs["input_ids"], mm_token_type_ids=inputs.get("mm_token_type_ids"),
+            inputs["input_ids"], mm_token_type_ids=token_types,
             image_grid_thw=inputs.get("image_grid_thw"), attention_mask=inputs["attention_mask"],
         )
         return positions, offsets.view(-1)
 
-    def continue_generation(self, model: torch.nn.Module, offsets: torch.Tensor) -> None:
-        # With a cache present, `generate` adds these offsets to its 1-D text positions.
-        self.rope_owner.rope_deltas = offsets.view(-1, 1)
+    def continue_generation(self, model: torch.nn.Module, offsets: torch.Tensor | None) -> None:
+        # With a cache present, `generate` adds these offsets to its 1-D text positions; None clears them.
+        self.rope_owner.rope_deltas = None if offsets is None else offsets.view(-1, 1)
 
 
 def image_chunks(rollouts: Rollouts) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

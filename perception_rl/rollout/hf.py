@@ -52,7 +52,7 @@ class HFGenerateEngine(RolloutEngine):
         top_k: keep the k most likely tokens; 0 disables it.
         max_prompt_length: prompts longer than this (in tokens, image tokens included) are an error.
         shared_prefix: prefill each prompt (with its images) once and decode its G completions from copies of
-            its KV cache, instead of `generate` repeating the prompt G times before prefill. Same samples.
+            its KV cache, instead of `generate` repeating the prompt G times before prefill. Same distribution.
     """
 
     def __init__(
@@ -89,7 +89,10 @@ class HFGenerateEngine(RolloutEngine):
             prefilled = _prefill(model, inputs_on_device, group_size) if shared else None
             if prefilled is not None:
                 config.num_return_sequences = 1  # the prompts come already repeated, with their cache
-                sequences = model.generate(**prefilled, generation_config=config, synced_gpus=synced_devices)
+                try:
+                    sequences = model.generate(**prefilled, generation_config=config, synced_gpus=synced_devices)
+                finally:  # no later forward may continue from this rollout's position offsets
+                    family_of(model).continue_generation(model, None)
             else:
                 sequences = model.generate(**inputs_on_device, generation_config=config, synced_gpus=synced_devices)
         completion_ids = sequences[:, inputs["input_ids"].shape[1] :].cpu()  # [N, L]
@@ -112,6 +115,8 @@ def _prefill(model: torch.nn.Module, inputs: dict[str, torch.Tensor], group_size
     the model returns no cache (gradient checkpointing in train mode): plain `generate` then.
     """
     family = family_of(model)
+    if inputs["input_ids"].shape[1] < 2:  # nothing to prefill before the last prompt token
+        return None
     positions, offsets = family.prompt_positions(model, inputs)
     head = {k: v[:, :-1] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
     images = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs}

@@ -148,7 +148,7 @@ class GRPOModule(L.LightningModule):
         self._shard()
 
     def _choose_shared_prefix(self) -> bool:
-        reason = shared_prefix.supports_shared_prefix(self.model)
+        reason = shared_prefix.supports_shared_prefix(self.model, self._family)
         if reason is None:
             return self.hparams.shared_prefix is not False
         if self.hparams.shared_prefix:

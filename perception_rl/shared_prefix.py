@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import torch
 
-from perception_rl.families import ModelFamily
+from perception_rl.families import ModelFamily, QwenVL
 from perception_rl.rollout.types import Rollouts
 
 
-def supports_shared_prefix(model: torch.nn.Module) -> str | None:
+def supports_shared_prefix(model: torch.nn.Module, family: ModelFamily) -> str | None:
     """None when `completion_logits` can run on `model`, else why not (one line, for the log)."""
+    if not family.continues_positions:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        return (f"how positions continue after a prompt is not known for model type {model_type!r} "
+                f"(known: {', '.join(QwenVL.MODEL_TYPES)}; add its rule under perception_rl/families/)")
     if getattr(model, "is_gradient_checkpointing", False):
         return "gradient checkpointing is on (transformers then disables the KV cache the shared prefix needs)"
     if any(hasattr(m, "_checkpoint_wrapped_module") for m in model.modules()):

@@ -87,10 +87,10 @@ def test_text_only_model(tmp_path):
 
 def test_gradient_checkpointing_is_named_as_the_reason(vlm):
     model, _ = vlm
-    assert supports_shared_prefix(model) is None
+    assert supports_shared_prefix(model, family_of(model)) is None
     model.gradient_checkpointing_enable()
     try:
-        assert "gradient checkpointing" in supports_shared_prefix(model)
+        assert "gradient checkpointing" in supports_shared_prefix(model, family_of(model))
     finally:
         model.gradient_checkpointing_disable()
 
@@ -169,4 +169,14 @@ def test_activation_checkpointing_wrappers_are_named_as_the_reason(tmp_path, tin
     model = Policy(str(tiny_model_dir)).load_model()
     layer = type(decoder_layers(model)[0])
     apply_activation_checkpointing(model, check_fn=lambda module: isinstance(module, layer))
-    assert "activation checkpointing" in supports_shared_prefix(model)
+    assert "activation checkpointing" in supports_shared_prefix(model, family_of(model))
+
+
+def test_an_unknown_position_rule_turns_the_shared_prefix_off(vlm):
+    # A model with a Qwen-style get_rope_index but another model type: same inputs, positions not assumed.
+    from perception_rl.families import QwenVL, rope_index_owner
+
+    model, _ = vlm
+    family = QwenVL(rope_index_owner(model), continues_positions=False)
+    assert "not known for model type 'qwen2_5_vl'" in supports_shared_prefix(model, family)
+    assert family_of(model).continues_positions, "Qwen2.5-VL itself is known"

@@ -12,6 +12,8 @@ Inputs = dict[str, torch.Tensor]  # a model's keyword inputs
 class ModelFamily:
     """A plain causal LM (token ids, attention mask, 1-D positions). Multimodal families extend the hooks."""
 
+    continues_positions = True  # `prompt_positions` is known to be right for this family (shared prefix)
+
     def prompt_inputs(self, rollouts: Rollouts, prompts: torch.Tensor) -> Inputs:
         """The processor's tensors of the prompts at `prompts` (rows of `rollouts.prompt_inputs`, repeats allowed)."""
         source = rollouts.prompt_inputs

@@ -18,10 +18,15 @@ class QwenVL(ModelFamily):
 
     Args:
         rope_owner: the submodule holding `get_rope_index` and the `rope_deltas` that `generate` continues from.
+        continues_positions: whether the model's positions after a prompt follow Qwen2-VL's rule (its model
+            type is one of MODEL_TYPES); the shared prefix needs it.
     """
 
-    def __init__(self, rope_owner: torch.nn.Module):
+    MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")  # whose position rule `prompt_positions` implements
+
+    def __init__(self, rope_owner: torch.nn.Module, continues_positions: bool = True):
         self.rope_owner = rope_owner
+        self.continues_positions = continues_positions
 
     def prompt_inputs(self, rollouts: Rollouts, prompts: torch.Tensor) -> Inputs:
         inputs = super().prompt_inputs(rollouts, prompts)

@@ -115,7 +115,7 @@ def _prefill(model: torch.nn.Module, inputs: dict[str, torch.Tensor], group_size
     the model returns no cache (gradient checkpointing in train mode): plain `generate` then.
     """
     family = family_of(model)
-    if inputs["input_ids"].shape[1] < 2:  # nothing to prefill before the last prompt token
+    if inputs["input_ids"].shape[1] < 2 or not family.continues_positions:  # nothing to prefill / no rule
         return None
     positions, offsets = family.prompt_positions(model, inputs)
     head = {k: v[:, :-1] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}

@@ -106,6 +106,7 @@ class LossOutput:
     Attributes:
         loss: scalar with gradient: this batch's weighted token losses / the whole mini-batch's normaliser.
         sums: detached sums over this batch's valid tokens (`tokens` counts them), for logged means.
+    Adding two outputs adds their (detached) contributions: a running total for logging, never backpropagated.
     """
 
     loss: torch.Tensor
@@ -174,7 +175,8 @@ def grpo_loss(
     normaliser = torch.as_tensor(normaliser, dtype=per_token.dtype, device=per_token.device).clamp(min=1.0)
     # where, not a product: a -inf at a masked position (e.g. a suppressed token) must not make the sum NaN
     loss = torch.where(weights > 0, per_token * weights, torch.zeros_like(per_token)).sum() / normaliser
-    return LossOutput(loss, {k: v.detach().double().cpu() for k, v in sums.items()})
+    # kept on the device: the trainer moves them to the CPU once per step, not once per micro-batch
+    return LossOutput(loss, {k: v.detach().double() for k, v in sums.items()})
 
 
 def kl_divergence(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator = "k3") -> torch.Tensor:

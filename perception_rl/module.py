@@ -331,8 +331,8 @@ class GRPOModule(L.LightningModule):
     def _update_stats(self, total: grpo.LossOutput, grad_norms: list[float]) -> dict[str, float]:
         """Means over every rank's valid tokens (one all-reduce), the loss per update and the mean grad norm."""
         keys = sorted(k for k in total.sums if k != "tokens")
-        local = torch.stack([total.loss.detach().double().cpu() / len(grad_norms), total.sums["tokens"]]
-                            + [total.sums[k] for k in keys])
+        values = [total.loss.detach() / len(grad_norms), total.sums["tokens"], *(total.sums[k] for k in keys)]
+        local = torch.stack([v.double().cpu() for v in values])  # to the CPU once per step, not per micro-batch
         summed = self._sum_over_ranks(local).tolist()
         tokens = max(summed[1], 1.0)
         stats = {"loss": summed[0], **{k: v / tokens for k, v in zip(keys, summed[2:])}}

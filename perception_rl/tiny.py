@@ -164,14 +164,18 @@ def write_tiny_qwen2_5_vl(
 
     hidden_size 256 and vision_hidden_size 128 give head dims of 64 (what vLLM and flash kernels need).
     """
-    output_dir = Path(output_dir)
-    staging = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, hidden_size, num_layers, seed, vision_hidden_size)
-    model.save_pretrained(staging)
-    build_processor(tokenizer).save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    # Swap in whole, so an interrupted write never leaves a folder that looks complete.
+    return _save_whole(output_dir, model, build_processor(tokenizer), tokenizer)
+
+
+def _save_whole(output_dir: str | Path, *parts) -> Path:
+    """`save_pretrained` each part into a staging folder, then swap it in whole, so an interrupted write never
+    leaves a folder that looks complete."""
+    output_dir = Path(output_dir)
+    staging = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
+    for part in parts:
+        part.save_pretrained(staging)
     if output_dir.exists():
         shutil.rmtree(output_dir)
     staging.rename(output_dir)
@@ -182,8 +186,6 @@ def write_tiny_qwen2_text(output_dir: str | Path, hidden_size: int = 128, num_la
     """A tiny random text-only Qwen2 (head dim 64, the smallest vLLM's CPU attention runs) and its tokenizer."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    output_dir = Path(output_dir)
-    staging = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
     tokenizer = build_tokenizer()
     config = Qwen2Config(
         vocab_size=(len(tokenizer) + 63) // 64 * 64, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
@@ -195,12 +197,7 @@ def write_tiny_qwen2_text(output_dir: str | Path, hidden_size: int = 128, num_la
     model = Qwen2ForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    staging.rename(output_dir)
-    return output_dir
+    return _save_whole(output_dir, model, tokenizer)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,6 +33,17 @@ def shared_logprobs(model, rollouts, indices, length):
     return torch.log_softmax(logits, -1).gather(-1, rollouts.completion_ids[indices, :length, None])[..., 0]
 
 
+def assert_shared_equals_per_completion(model, rollouts):
+    """Log-probs of every valid completion token agree between the two forwards (fp32, 1e-5)."""
+    indices = torch.arange(len(rollouts))
+    length = rollouts.longest_completion(indices)
+    mask = rollouts.completion_mask[:, :length].bool()
+    torch.testing.assert_close(
+        shared_logprobs(model, rollouts, indices, length)[mask], per_completion_logprobs(model, rollouts, indices, length)[mask],
+        rtol=1e-5, atol=1e-5,
+    )
+
+
 @pytest.fixture(scope="module")
 def vlm(tiny_model_dir):
     policy = Policy(str(tiny_model_dir), max_pixels=12544)
@@ -76,13 +87,7 @@ def test_text_only_model(tmp_path):
         model, processor, [sample(0, 0), sample(3, 0)]
     )
     rollouts.completion_mask[0, 2:] = 0
-    indices = torch.arange(len(rollouts))
-    length = rollouts.longest_completion(indices)
-    mask = rollouts.completion_mask[:, :length].bool()
-    torch.testing.assert_close(
-        shared_logprobs(model, rollouts, indices, length)[mask], per_completion_logprobs(model, rollouts, indices, length)[mask],
-        rtol=1e-5, atol=1e-5,
-    )
+    assert_shared_equals_per_completion(model, rollouts)
 
 
 def test_gradient_checkpointing_is_named_as_the_reason(vlm):
@@ -134,7 +139,7 @@ def test_prefilled_decoding_has_the_logits_of_repeated_prompts(vlm):
         torch.manual_seed(0)
         naive = model.generate(**inputs, generation_config=GenerationConfig(num_return_sequences=4, **config))
         torch.manual_seed(0)
-        shared = model.generate(**_prefill(model, inputs, 4), generation_config=GenerationConfig(**config))
+        shared = model.generate(**_prefill(model, family_of(model), inputs, 4), generation_config=GenerationConfig(**config))
     model.train()
     assert torch.equal(naive.sequences, shared.sequences)
     for step_naive, step_shared in zip(naive.logits, shared.logits, strict=True):
@@ -150,14 +155,7 @@ def test_a_batch_without_images_on_a_vision_language_model(vlm):
         torch.manual_seed(0)
         runs.append(HFGenerateEngine(num_generations=3, max_new_tokens=8, shared_prefix=shared).generate(model, processor, samples))
     assert torch.equal(runs[0].completion_ids, runs[1].completion_ids)
-    rollouts = runs[1]
-    indices = torch.arange(len(rollouts))
-    length = rollouts.longest_completion(indices)
-    mask = rollouts.completion_mask[:, :length].bool()
-    torch.testing.assert_close(
-        shared_logprobs(model, rollouts, indices, length)[mask], per_completion_logprobs(model, rollouts, indices, length)[mask],
-        rtol=1e-5, atol=1e-5,
-    )
+    assert_shared_equals_per_completion(model, runs[1])
 
 
 def test_activation_checkpointing_wrappers_are_named_as_the_reason(tmp_path, tiny_model_dir):

@@ -17,7 +17,7 @@ from perception_rl.rollout.base import (
     suppressed_token_ids,
 )
 from perception_rl.rollout.types import Rollouts
-from perception_rl.families import family_of
+from perception_rl.families import ModelFamily, family_of
 from perception_rl.sharding import is_fsdp1
 
 
@@ -85,14 +85,14 @@ class HFGenerateEngine(RolloutEngine):
         )
         inputs_on_device = {k: v.to(device) for k, v in inputs.items()}
         with generation_mode(model), torch.no_grad():
-            shared = self.shared_prefix and group_size > 1
-            prefilled = _prefill(model, inputs_on_device, group_size) if shared else None
+            family = family_of(model) if self.shared_prefix and group_size > 1 else None
+            prefilled = _prefill(model, family, inputs_on_device, group_size) if family is not None else None
             if prefilled is not None:
                 config.num_return_sequences = 1  # the prompts come already repeated, with their cache
                 try:
                     sequences = model.generate(**prefilled, generation_config=config, synced_gpus=synced_devices)
                 finally:  # no later forward may continue from this rollout's position offsets
-                    family_of(model).continue_generation(model, None)
+                    family.continue_generation(model, None)
             else:
                 sequences = model.generate(**inputs_on_device, generation_config=config, synced_gpus=synced_devices)
         completion_ids = sequences[:, inputs["input_ids"].shape[1] :].cpu()  # [N, L]
@@ -107,14 +107,15 @@ class HFGenerateEngine(RolloutEngine):
         )
 
 
-def _prefill(model: torch.nn.Module, inputs: dict[str, torch.Tensor], group_size: int) -> dict | None:
+def _prefill(
+    model: torch.nn.Module, family: ModelFamily, inputs: dict[str, torch.Tensor], group_size: int
+) -> dict | None:
     """`generate` arguments that continue from each prompt's KV cache, computed once and copied G times.
 
     All prompt tokens but the last go through the model (vision tower included) once per prompt; `generate`
     then starts at the last one for every copy, its positions continued by the model family. None where
     the model returns no cache (gradient checkpointing in train mode): plain `generate` then.
     """
-    family = family_of(model)
     if inputs["input_ids"].shape[1] < 2 or not family.continues_positions:  # nothing to prefill / no rule
         return None
     positions, offsets = family.prompt_positions(model, inputs)

@@ -4,6 +4,7 @@ outcomes reach summary.json and the printed table, so an abstaining judge never 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -58,3 +59,12 @@ def test_the_test_report_counts_the_perception_judges_outcomes(tmp_path, tiny_mo
     printed = capsys.readouterr().out
     assert f"| perception judge | {len(records)} requests, {failures} failed" in printed
     assert "items answered {}, unparsable {}, missing {}".format(*expected_items) in printed
+    # Every gold fact stated, and right answers with wrong perception, counted over the scored rows only.
+    rows = [json.loads(line) for line in Path(summary["predictions"]).read_text().splitlines()]
+    scored = [r for r in rows if r["perception_correct"] is not None]
+    assert len(scored) == summary["perception_items"]
+    assert summary["perception_correct"] == sum(r["perception_correct"] for r in scored)
+    assert summary["right_and_scored"] == sum(r["correct"] for r in scored)
+    assert summary["right_answer_wrong_perception"] == sum(r["correct"] and not r["perception_correct"] for r in scored)
+    assert "| every gold fact stated (%) | " in printed and f"({summary['perception_correct']}/{len(scored)}) |" in printed
+    assert "| right answers with wrong perception (%) |" in printed

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from perception_rl.data import DotsDataModule, load_records, write_dots_dataset
-from perception_rl.data.synthetic import CELL, GRID, cell_colours, fact, solution, split_items
+from perception_rl.data.synthetic import CELL, GRID, cell_colours, fact, picture_key, solution, split_items
 from perception_rl.judge.rules import fact_stated
 from perception_rl.rewards.answers import grade
 from perception_rl.rewards.format import follows_format
@@ -36,8 +36,8 @@ def test_dataset_is_deterministic_per_seed(tmp_path):
 
 
 def test_splits_are_separate_streams_whose_prefixes_do_not_depend_on_the_sizes(tmp_path):
-    small = write_dots_dataset(tmp_path / "small", num_train=3, num_val=2, num_test=5, seed=0)
-    large = write_dots_dataset(tmp_path / "large", num_train=9, num_val=2, num_test=8, seed=0)
+    small = write_dots_dataset(tmp_path / "small", num_train=9, num_val=2, num_test=5, seed=0)
+    large = write_dots_dataset(tmp_path / "large", num_train=9, num_val=3, num_test=8, seed=0)
     assert (large / "test.jsonl").read_text().splitlines()[:5] == (small / "test.jsonl").read_text().splitlines()
     ids = {split: {r.id for r in load_records(small / f"{split}.jsonl")} for split in ("train", "val", "test")}
     assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
@@ -151,3 +151,71 @@ def test_negative_sizes_are_refused_with_the_field_named(tmp_path):
         write_dots_dataset(tmp_path, num_train=2, num_val=1, num_test=-1)
     with pytest.raises(ValueError, match="num_train, num_val and num_test must be >= 0"):
         DotsDataModule(data_dir=str(tmp_path), num_val=-2)
+
+
+@pytest.mark.parametrize("task", ["count", "compare"])
+def test_held_out_pictures_are_never_training_pictures(tmp_path, task):
+    root = write_dots_dataset(tmp_path, num_train=1024, num_val=32, num_test=200, seed=0, task=task)
+    rows = {split: [json.loads(line) for line in (root / f"{split}.jsonl").read_text().splitlines()]
+            for split in ("train", "val", "test")}
+    keys = {split: [picture_key(r) for r in split_rows] for split, split_rows in rows.items()}
+    assert len(keys["test"]) == 200 and len(keys["val"]) == 32
+    assert not set(keys["test"]) & set(keys["train"]) and not set(keys["val"]) & set(keys["train"])
+    # Without the exclusion the same stream would have repeated some training pictures (the space is small).
+    undeduplicated = [picture_key(r) for r, _ in split_items("test", 200, 0, task)]
+    if task == "count":
+        assert sum(k in set(keys["train"]) for k in undeduplicated) > 0
+    ids = [r["id"] for r in rows["test"]]
+    assert ids == [f"{'dots' if task == 'count' else 'dots-compare'}-test-{i}" for i in range(200)], "ids stay contiguous"
+
+
+def test_compare_task_right_answers_survive_the_orange_flaw():
+    """The compare task's point: the warm start's flaw (orange read as red) never flips which colour has more."""
+    items = [r for r, _ in split_items("train", 400, 0, "compare")]
+    assert {r["answer"] for r in items} == {"red", "blue"}
+    assert 0.7 < sum(r["metadata"]["counts"]["orange"] == 1 for r in items) / len(items) < 0.9
+    for record in items:
+        counts = record["metadata"]["counts"]
+        assert abs(counts["red"] - counts["blue"]) >= 2 and counts["orange"] <= 1
+        assert record["problem"] == "Are there more red dots or more blue dots?"
+        assert record["annotations"] == [fact("red", counts["red"]), fact("blue", counts["blue"])]
+        gold = solution("compare", counts["red"], counts["blue"])
+        assert grade(gold, record["answer"]).correct and all(fact_stated(f, gold) for f in record["annotations"])
+        flawed = solution("compare", counts["red"] + counts["orange"], counts["blue"])
+        assert grade(flawed, record["answer"]).correct, "the flaw keeps the answer right"
+        if counts["orange"]:
+            assert not fact_stated(record["annotations"][0], flawed), "... with wrong perception"
+
+
+def test_compare_teacher_leans_to_red_only_when_its_counts_say_blue():
+    items = [r for r, _ in split_items("warmup", 600, 0, "compare")]
+    rng = random.Random(0)
+    solutions = [teacher_solution(r, rng, 0.0, red_bias=0.7) for r in items]
+    red_more = [grade(s, r["answer"]).correct for s, r in zip(solutions, items) if r["answer"] == "red"]
+    blue_more = [grade(s, r["answer"]).correct for s, r in zip(solutions, items) if r["answer"] == "blue"]
+    assert all(red_more)
+    assert 0.2 < sum(blue_more) / len(blue_more) < 0.4
+    corpus = set(task_corpus("compare"))
+    for record in items[:100]:
+        assert teacher_solution(record, random.Random(2), 1.0, 1.0) in corpus and record["problem"] in corpus
+
+
+def test_compare_settings_are_checked_and_old_caches_still_match(tmp_path):
+    from perception_rl.warm_start import WarmStartPolicy, check_settings
+
+    with pytest.raises(ValueError, match="red_bias applies to the compare task only"):
+        check_settings(1, 1, 1e-3, 0.5, "count", 0.5)
+    with pytest.raises(ValueError, match="task must be one of"):
+        check_settings(1, 1, 1e-3, 0.5, "sort")
+    with pytest.raises(ValueError, match="data.task must be one of"):
+        DotsDataModule(data_dir=str(tmp_path), task="sort")
+    # A warm start cached before tasks existed holds no task or red_bias: it is the count task's.
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    settings = {"steps": 500, "batch_size": 16, "learning_rate": 1e-3, "confusion": 0.75, "seed": 0,
+                "hidden_size": 128, "num_layers": 2, "vision_hidden_size": 64}
+    (folder / "warm_start.json").write_text(json.dumps({"settings": settings, "loss": []}))
+    WarmStartPolicy(str(folder)).prepare()
+    with pytest.raises(ValueError, match="other settings.*task"):
+        WarmStartPolicy(str(folder), task="compare", red_bias=0.7).prepare()

@@ -7,6 +7,7 @@ engine with the policy's processor, so the data side needs no model and the proc
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,19 +32,49 @@ class Sample:
     messages: list[dict]
 
 
+ImageAblation = Literal["none", "blank", "shuffled"]
+IMAGE_ABLATIONS = ("none", "blank", "shuffled")
+
+
+def image_donors(records: list[Record], seed: int = 0) -> list[int]:
+    """For each record, the index of the record whose images it shows under `shuffled`: a fixed random
+    cycle through the records with images, so every one shows another's (records without images keep none)."""
+    with_images = [i for i, r in enumerate(records) if r.images]
+    if len(with_images) == 1:
+        raise ValueError(f"data.image_ablation=shuffled needs two or more records with images, got one "
+                         f"({records[with_images[0]].source})")
+    order = list(with_images)
+    random.Random(seed).shuffle(order)
+    donors = list(range(len(records)))
+    for position, index in enumerate(order):
+        donors[index] = order[(position + 1) % len(order)]
+    return donors
+
+
 class RecordDataset(Dataset):
-    def __init__(self, records: list[Record], format_instruction: str, min_pixels: int, max_pixels: int):
+    """Records as `Sample`s; with `image_ablation` the images are replaced (a control: can a method gain
+    reward without the right picture?), the record itself (answer, annotations) never is."""
+
+    def __init__(
+        self, records: list[Record], format_instruction: str, min_pixels: int, max_pixels: int,
+        image_ablation: ImageAblation = "none",
+    ):
         self.records = records
         self.format_instruction = format_instruction
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels
+        self.image_ablation = image_ablation
+        self.donors = image_donors(records) if image_ablation == "shuffled" else None
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
-        images = [load_image(src, self.min_pixels, self.max_pixels, record.source) for src in record.images]
+        shown = self.records[self.donors[index]] if self.donors is not None else record
+        images = [load_image(src, self.min_pixels, self.max_pixels, shown.source) for src in shown.images]
+        if self.image_ablation == "blank":
+            images = [Image.new("RGB", image.size, "white") for image in images]
         return Sample(record, images, [user_message(record, self.format_instruction, len(images))])
 
 
@@ -77,6 +108,9 @@ class RecordDataModule(L.LightningDataModule):
         check_images: decode every image once while loading, so a corrupt or truncated image is found
             before training rather than in the middle of it.
         images_outside_data_dir: allow image paths that lead outside the data file's folder.
+        image_ablation: a control for shortcut learning, on every split: `blank` shows a white canvas of each
+            image's size, `shuffled` shows another record's images (a fixed random cycle over the split, so
+            the picture never matches the question's answer and annotations); `none` shows the real images.
     """
 
     def __init__(
@@ -94,8 +128,11 @@ class RecordDataModule(L.LightningDataModule):
         invalid_records: Literal["error", "skip"] = "error",
         check_images: bool = True,
         images_outside_data_dir: bool = False,
+        image_ablation: ImageAblation = "none",
     ):
         super().__init__()
+        if image_ablation not in IMAGE_ABLATIONS:
+            raise ValueError(f"data.image_ablation must be one of {', '.join(IMAGE_ABLATIONS)}, got {image_ablation!r}")
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
@@ -114,6 +151,7 @@ class RecordDataModule(L.LightningDataModule):
         self.invalid_records = invalid_records
         self.check_images = check_images
         self.images_outside_data_dir = images_outside_data_dir
+        self.image_ablation = image_ablation
         self.datasets: dict[str, RecordDataset] = {}
         self.skipped: list[Skip] = []
 
@@ -125,7 +163,7 @@ class RecordDataModule(L.LightningDataModule):
                 raise ValueError("data.train_files: give at least one record file to fit on")
             if files and split not in self.datasets:
                 self.datasets[split] = RecordDataset(
-                    self._load(files), self.format_instruction, self.min_pixels, self.max_pixels
+                    self._load(files), self.format_instruction, self.min_pixels, self.max_pixels, self.image_ablation
                 )
         self._report_skips()
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from perception_rl.data.datamodule import RecordDataModule, RecordDataset
+from perception_rl.data.datamodule import ImageAblation, RecordDataModule, RecordDataset
 from perception_rl.data.prompts import DEFAULT_FORMAT_INSTRUCTION
 from perception_rl.eval.benchmarks import SPECS, BenchmarkName, Skipped, default_group_by, load_benchmark, reason_kind
 
@@ -37,6 +37,8 @@ class BenchmarkDataModule(RecordDataModule):
         format_instruction: appended to every question (the paper's protocol); "" appends nothing.
         min_pixels: images smaller than this area are scaled up (aspect kept).
         max_pixels: images larger than this area are scaled down (aspect kept).
+        image_ablation: `blank` or `shuffled` images instead of the real ones (a control: how much of a score
+            does not need the right picture?); see `RecordDataModule`.
     """
 
     def __init__(
@@ -52,10 +54,11 @@ class BenchmarkDataModule(RecordDataModule):
         format_instruction: str = DEFAULT_FORMAT_INSTRUCTION,
         min_pixels: int = 3136,
         max_pixels: int = 1806336,
+        image_ablation: ImageAblation = "none",
     ):
         super().__init__(
             eval_batch_size=eval_batch_size, num_workers=num_workers, format_instruction=format_instruction,
-            min_pixels=min_pixels, max_pixels=max_pixels, shuffle=False,
+            min_pixels=min_pixels, max_pixels=max_pixels, shuffle=False, image_ablation=image_ablation,
         )
         if benchmark not in SPECS:
             raise ValueError(f"data.benchmark must be one of {sorted(SPECS)}, got {benchmark!r}")
@@ -93,7 +96,7 @@ class BenchmarkDataModule(RecordDataModule):
             + (f" (first {self.limit} of {len(items.records)})" if self.limit and len(items.records) > self.limit else "")
             + (f"; {len(self.skipped)} skipped: {dict(reasons)}" if self.skipped else "")
         )
-        dataset = RecordDataset(records, self.format_instruction, self.min_pixels, self.max_pixels)
+        dataset = RecordDataset(records, self.format_instruction, self.min_pixels, self.max_pixels, self.image_ablation)
         self.datasets.update(test=dataset, val=dataset)
 
     def val_dataloader(self):

@@ -45,7 +45,8 @@ from perception_rl.judge.types import FAILURE_KINDS, ITEM_OUTCOMES
 from perception_rl.rewards.answers import grade
 from perception_rl.rewards.format import follows_format
 
-_COUNTERS = ("llm_judged", "judge_requests", "judge_changed", "judge_failures")
+_COUNTERS = ("llm_judged", "judge_requests", "judge_changed", "judge_failures", "perception_correct",
+             "right_and_scored", "right_answer_wrong_perception")
 # The perception reward's judge health (its `judge/...` counters), summed over batches and processes: an
 # abstaining judge leaves items out of the perception score, and the report says how many and why.
 _PERCEPTION_JUDGE = (
@@ -261,6 +262,12 @@ class BenchmarkEvaluation(torch.nn.Module):
         for metric in self.grouped.values():
             metric.update([_row_field(r, metric.field) for r in rows], correct)
         self._counts["llm_judged"] += sum(r.get("judged_by") == "llm" for r in rows)
+        # The paper's central quantity: of the right answers the judge scored, how many state wrong perception.
+        scored = [r for r in rows if r.get("perception_correct") is not None]
+        self._counts["perception_correct"] += sum(r["perception_correct"] for r in scored)
+        self._counts["right_and_scored"] += sum(bool(r["correct"]) for r in scored)
+        self._counts["right_answer_wrong_perception"] += sum(bool(r["correct"]) and not r["perception_correct"]
+                                                             for r in scored)
 
     def _is_real_item(self) -> bool:
         """False for the items the distributed sampler repeats to even out the processes' shares (call once per sample)."""

@@ -145,6 +145,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
         f"| format compliance (%) | {_percent(summary['format_rate'])} |",
         f"| mean response length (tokens) | {_fmt(summary['mean_response_tokens'])} |",
         f"| perception score (%) | {_percent(summary['perception'])} ({summary['perception_items']} annotated items) |",
+        *_perception_lines(summary),
         f"| answers settled by the LLM judge | {summary['llm_judged']} |",
     ]
     if summary.get("perception_judge"):
@@ -156,6 +157,20 @@ def markdown_table(summary: dict[str, Any]) -> str:
         lines += ["", f"### accuracy by {field}", "", f"| {field} | items | correct | accuracy (%) |", "|---|---:|---:|---:|"]
         lines += [f"| {r['value']} | {r['items']} | {r['correct']} | {_percent(r['accuracy'])} |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _perception_lines(summary: dict[str, Any]) -> list[str]:
+    """Every gold fact stated, and right answers with wrong perception (summaries of older runs lack both)."""
+    scored, right = summary.get("perception_items", 0), summary.get("right_and_scored")
+    if not scored or right is None:
+        return []
+    wrong = summary["right_answer_wrong_perception"]
+    return [
+        f"| every gold fact stated (%) | {_percent(summary['perception_correct'] / scored)} "
+        f"({summary['perception_correct']}/{scored}) |",
+        f"| right answers with wrong perception (%) | {_percent(wrong / right if right else math.nan)} "
+        f"({wrong}/{right}) |",
+    ]
 
 
 def _judge_line(judge: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from perception_rl.rewards import (
     RewardOutput,
 )
 from perception_rl.rollout import HFGenerateEngine, RolloutEngine, Rollouts, VLLMEngine
+from perception_rl.rollout_log import RolloutLog
 from perception_rl.tiny import TinyRandomPolicy, TinyTextPolicy
 from perception_rl.warm_start import WarmStartPolicy
 
@@ -29,6 +30,6 @@ __all__ = [
     "AccuracyReward", "AnnotatePipeline", "AnswerJudge", "BenchmarkDataModule", "BenchmarkEvaluation", "ChatModel",
     "DotsDataModule", "FormatReward", "FunctionReward", "GRPOModule", "HFGenerateEngine", "Judge", "JudgeRequest",
     "JudgeVerdict", "LoRA", "LocalJudge", "OpenAIJudge", "PerceptionReward", "Policy", "RecordDataModule",
-    "RepetitionPenalty", "Reward", "RewardCurve", "RewardOutput", "RolloutEngine", "Rollouts", "RuleJudge",
-    "TinyRandomPolicy", "TinyTextPolicy", "VLLMEngine", "WarmStartPolicy",
+    "RepetitionPenalty", "Reward", "RewardCurve", "RewardOutput", "RolloutEngine", "RolloutLog", "Rollouts",
+    "RuleJudge", "TinyRandomPolicy", "TinyTextPolicy", "VLLMEngine", "WarmStartPolicy",
 ]

@@ -8,6 +8,7 @@
     perception-rl judge --config C --input PAIRS.jsonl   # audit a judge on (annotations, response) pairs
     perception-rl compare A.jsonl B.jsonl --key correct [--by FIELD]   # exact McNemar test of two evaluations
     perception-rl annotate run --config configs/annotate/geometry3k_vllm.yaml   # problems -> annotated records
+    perception-rl view RUN_DIR [--serve]    # one HTML page of the run's rollouts, judge verdicts and test results
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ TOOLS_HELP = """other commands:
                         pair two evaluations' rows by id: 2x2 table, discordant b and c, exact McNemar p
   --debug               with fit / validate / test: keep the traceback of a bad setting or record
                         (otherwise one line names it; PERCEPTION_RL_DEBUG=1 does the same)
+  view RUN_DIR [--serve] [--port N]
+                        write RUN_DIR/view.html (reward curves, rollouts by step and group with the judge's
+                        per-item verdicts, test results; self-contained) and print its path
   annotate {run,solve,filter,extract,write,report,agree,convert} --config C
                         the data pipeline: solve problems, keep correct solutions, extract visual
                         annotations, write training records; resumable (see `perception-rl annotate`)
@@ -82,10 +86,11 @@ def _tools() -> dict[str, Callable[[list[str]], None]]:
     from perception_rl.eval.compare import main as compare
     from perception_rl.judge.cli import main as judge
     from perception_rl.tiny import main as make_tiny_model
+    from perception_rl.viewer.cli import main as view
     from perception_rl.warm_start import main as warm_start
 
     return {"make-tiny-model": make_tiny_model, "make-demo-data": make_demo_data, "warm-start": warm_start,
-            "judge": judge, "compare": compare, "annotate": annotate}
+            "judge": judge, "compare": compare, "annotate": annotate, "view": view}
 
 
 def main(args: list[str] | None = None) -> None:
@@ -107,11 +112,11 @@ def main(args: list[str] | None = None) -> None:
 
 
 def _run(argv: list[str], args: list[str] | None) -> None:
+    quiet_libraries()  # also for the tools: warm-start would print transformers' "Writing model shards" bar
     tools = _tools()
     if argv and argv[0] in tools:
         tools[argv[0]](argv[1:])
         return
-    quiet_libraries()
     # A checkpoint taken after a GRPO step holds the weights after that step's updates, together with the RNG,
     # data and reward state for the next step: that is what exact resume needs, so Lightning's advice to save
     # pre-optimisation weights by hand does not apply.

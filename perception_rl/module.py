@@ -11,6 +11,7 @@ recipe's choice), asymmetric clipping and dual-clip, no KL term unless `kl_coef 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -31,6 +32,16 @@ from perception_rl.policy import Policy, export_merged_adapters, is_peft_model
 from perception_rl.rewards import AccuracyReward, FormatReward, Reward, RewardBreakdown, score_all
 from perception_rl.rollout import HFGenerateEngine, RolloutEngine, Rollouts
 from perception_rl.rollout.base import suppressed_token_ids
+
+
+@dataclasses.dataclass
+class ScoredRollouts:
+    """One training step's rollouts (model inputs dropped), every reward's output and the [N] advantages; all
+    on the CPU. `GRPOModule.scored` holds the latest, for callbacks that inspect it (`perception_rl.RolloutLog`)."""
+
+    rollouts: Rollouts
+    rewards: RewardBreakdown
+    advantages: torch.Tensor
 
 
 class GRPOModule(L.LightningModule):
@@ -120,6 +131,7 @@ class GRPOModule(L.LightningModule):
         # This step's training metrics, NaN included (the logger only gets the finite ones; Lightning's
         # callback_metrics would still hold an earlier step's value for those). Read by RewardCurve.
         self.step_metrics: dict[str, float] = {}
+        self.scored: ScoredRollouts | None = None  # this step's rollouts, rewards and advantages; read by RolloutLog
         self._rng_to_restore: dict | None = None  # set by a resume, applied right before the next step
         names = [r.name for r in self.rewards]
         self.eval_metrics = torch.nn.ModuleDict({
@@ -242,6 +254,8 @@ class GRPOModule(L.LightningModule):
         update_stats = self.update_policy(rollouts, advantages, valid=~torch.isnan(breakdown.total))
         step_time = time.perf_counter() - start
         self.log_step(rollouts, breakdown, advantages, update_stats, rollout_time, reward_time, step_time)
+        # Without the prompts' pixel tensors, so nothing large outlives the step.
+        self.scored = ScoredRollouts(dataclasses.replace(rollouts, prompt_inputs={}), breakdown, advantages)
 
     def generate(self, batch: list[Sample], greedy: bool = False) -> Rollouts:
         with self._gathered_for_generation():

@@ -249,3 +249,39 @@ class StaleVLLMEngine(VLLMEngine):
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         if rank != self.stale_rank:
             super().on_weights_updated()
+
+
+# ---------------------------------------------------------------------------------------------- judges that fail
+from dataclasses import replace as _replace  # noqa: E402
+
+from perception_rl.judge.rules import RuleJudge  # noqa: E402
+from perception_rl.judge.types import JudgeReply, JudgeRequest  # noqa: E402
+
+
+class PatchyJudge(RuleJudge):
+    """`RuleJudge` whose replies sometimes cannot be read, decided by the response's hash (so the same
+    response always gets the same reply): for a third of the responses the reply holds no verdict tag (an
+    "unparsable" failure), for another third its last item's tag holds a word instead of a number."""
+
+    def _reply(self, request: JudgeRequest) -> JudgeReply:
+        reply = super()._reply(request)
+        kind = zlib.crc32(request.response.encode()) % 3
+        if kind == 0:
+            return _replace(reply, text="I cannot tell from this response.")
+        if kind == 1:
+            tag, last = self.template.tag, len(request.annotations)
+            kept = reply.text.rsplit(f"<{tag}{last}>", 1)[0]
+            return _replace(reply, text=f"{kept}<{tag}{last}>present</{tag}{last}>")
+        return reply
+
+
+from perception_rl.rewards.accuracy import AccuracyReward  # noqa: E402
+from perception_rl.rewards.base import RewardOutput  # noqa: E402
+
+
+class AnyDigitAccuracy(AccuracyReward):
+    """An `AccuracyReward` (so the rollout viewer treats it as the answer's accuracy) that counts a response
+    right when it holds a digit: a random tiny policy then gets some answers "right" and some not."""
+
+    def score(self, rollouts: Rollouts) -> RewardOutput:
+        return RewardOutput(torch.tensor([float(any(ch.isdigit() for ch in text)) for text in rollouts.completions]))

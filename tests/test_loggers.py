@@ -3,7 +3,8 @@
 Each logger gets the same three-step demo fit (tiny random model, a varied test reward, a validation at step 2,
 the same seed and data); what it wrote is read back with the logger's own format reader (TensorBoard's
 EventAccumulator; the W&B run's `.wandb` transaction log parsed into wandb's own `Record` protobufs) and must
-hold every metric the CSV logger writes, under the same names, one value per step.
+hold every metric the CSV logger writes, under the same names, one value per step. The W&B run also holds
+the rollout log's table of every step (`perception_rl.RolloutLog`, key `rollouts`), images included.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from test_cli import run_cli
 pytestmark = pytest.mark.slow
 
 STEPS = 3
+ROLLOUT_GROUPS, GROUP_SIZE = 2, 8  # RolloutLog's max_groups; the demo config's G
 # Metrics every logger must carry per training step (a subset of GRPOModule.log_step's, all finite here).
 REWARD_METRICS = [
     "train/reward/total", "train/reward/accuracy/mean", "train/reward/format/mean", "train/reward/digits/mean",
@@ -52,12 +54,19 @@ def one_thread():
 @pytest.fixture(scope="module")
 def run_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("loggers")
-    (root / "extra.yaml").write_text(yaml.safe_dump({"model": {"rewards": [
-        {"class_path": "perception_rl.AccuracyReward", "init_args": {"weight": 0.9}},
-        {"class_path": "perception_rl.FormatReward", "init_args": {"weight": 0.1}},
-        {"class_path": "perception_rl.FunctionReward",
-         "init_args": {"function": "helpers.digit_share", "name": "digits"}},
-    ]}}))
+    (root / "extra.yaml").write_text(yaml.safe_dump({
+        "trainer": {"callbacks": [  # the demo's, with the rollout log on every step
+            {"class_path": "perception_rl.RolloutLog", "init_args": {"every_n_steps": 1, "max_groups": ROLLOUT_GROUPS}},
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+             "init_args": {"save_last": True, "every_n_train_steps": 50}},
+        ]},
+        "model": {"rewards": [
+            {"class_path": "perception_rl.AccuracyReward", "init_args": {"weight": 0.9}},
+            {"class_path": "perception_rl.FormatReward", "init_args": {"weight": 0.1}},
+            {"class_path": "perception_rl.FunctionReward",
+             "init_args": {"function": "helpers.digit_share", "name": "digits"}},
+        ]},
+    }))
     return root
 
 
@@ -172,8 +181,8 @@ def test_wandb_offline_run_holds_the_csv_metrics(run_root: Path, tiny_model_dir:
     assert len(runs) == 1, f"one offline run folder under {save_dir / 'wandb'}: {runs}"
     logs = list(runs[0].glob("run-*.wandb"))
     assert len(logs) == 1, logs
-    history, kinds = [], set()
-    for record in wandb_records(logs[0]):
+    history, kinds, records = [], set(), list(wandb_records(logs[0]))
+    for record in records:
         kinds.add(record.WhichOneof("record_type"))
         if record.HasField("history"):
             items = record.history.item
@@ -187,3 +196,22 @@ def test_wandb_offline_run_holds_the_csv_metrics(run_root: Path, tiny_model_dir:
     for metric in REWARD_METRICS:
         assert sum(metric in row for row in history) == STEPS, f"{metric}: one history row per step"
     assert_matches_csv(series, csv_run)
+    assert_rollout_tables(history, records)
+
+
+def assert_rollout_tables(history: list[dict], records: list) -> None:
+    """RolloutLog logged one `rollouts` table per step (a history entry, and the run-table artifact wandb
+    stores it in, with the table's JSON and its PNGs): rows = groups x G, completions and images."""
+    tables = [row for row in history if row.get("rollouts/_type") == "table-file"]
+    assert sorted(row["trainer/global_step"] for row in tables) == list(range(1, STEPS + 1)), "one table per step"
+    assert all(row["rollouts/nrows"] == ROLLOUT_GROUPS * GROUP_SIZE for row in tables)
+    artifacts = [r.artifact for r in records if r.HasField("artifact") and r.artifact.name.endswith("-rollouts")]
+    assert len(artifacts) == STEPS and all(a.type == "run_table" for a in artifacts)
+    for artifact in artifacts:
+        files = {entry.path: Path(entry.local_path) for entry in artifact.manifest.contents}
+        table = json.loads(files["rollouts.table.json"].read_text())
+        assert {"image", "completion", "total", "advantage", "reward/digits"} <= set(table["columns"])
+        assert len(table["data"]) == ROLLOUT_GROUPS * GROUP_SIZE
+        images = [cells[table["columns"].index("image")] for cells in table["data"]]
+        assert all(cell["_type"] == "image-file" for cell in images)
+        assert all(files[cell["path"]].read_bytes()[:4] == b"\x89PNG" for cell in images)

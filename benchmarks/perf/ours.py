@@ -74,9 +74,10 @@ class ProbeCallback(L.Callback):
         self.probe.end_step({"framework_metrics": own})
 
 
-def run(case: Case, settings: Settings, data_dir) -> dict:
-    """Train `settings.steps` GRPO steps with `GRPOModule` and return the probe's measurements."""
-    from perception_rl import FunctionReward, GRPOModule
+def run(case: Case, settings: Settings, data_dir, rollout_log: bool = False) -> dict:
+    """Train `settings.steps` GRPO steps with `GRPOModule` and return the probe's measurements. With
+    `rollout_log`, `perception_rl.RolloutLog` writes every step (all 2 groups) inside the timed step."""
+    from perception_rl import FunctionReward, GRPOModule, RolloutLog
     from perception_rl.data.datamodule import Sample, collate_samples
 
     _, processor, model = build_parts(case, settings.seed)
@@ -96,11 +97,13 @@ def run(case: Case, settings: Settings, data_dir) -> dict:
         kl_coef=0.0, update_epochs=1, num_mini_batches=1, export_hf_model=False,
     )
     loader = DataLoader(samples, batch_size=settings.prompts_per_step, shuffle=False, collate_fn=collate_samples)
+    # The log before the probe: its on_train_batch_end (the copy and hand-off) falls inside the timed step.
+    log = [RolloutLog(every_n_steps=1)] if rollout_log else []
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(
             accelerator="cpu", devices=1, max_steps=settings.steps, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-            default_root_dir=root, callbacks=[ProbeCallback(probe)],
+            default_root_dir=root, callbacks=[*log, ProbeCallback(probe)],
         )
         torch.manual_seed(settings.seed)
         trainer.fit(module, train_dataloaders=loader)

@@ -13,6 +13,8 @@ Commands, from the repository root (HF_HUB_OFFLINE=1: nothing is downloaded; the
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/perf/run.py --out runs/perf   # 3 cases x 3 sides x 2 runs, ~12 min
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/perf/run.py --cases 10M --sides ours floor --runs 1 --out /tmp/perf
     .venv/bin/python benchmarks/perf/run.py --report runs/perf/results.json   # re-print (add --out DIR to rewrite)
+    # the cost of perception_rl.RolloutLog (writing every step): ours with and without it
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/perf/run.py --cases 0.22M --sides ours ours_log --runs 4 --out /tmp/log
 
 Cases: 0.22M (hidden 64, 2 layers, vision 32, 224x224 = 64 visual tokens), 10M (hidden 384, 6 layers, vision
 192, 224x224) and 10M-long (the 10M model with 448x448 images = 256 visual tokens). Writes
@@ -44,8 +46,9 @@ sys.path.insert(0, str(HERE))
 from probe import STAGES, machine_busy_s
 from workload import CASES, DEFAULT_DATA_DIR, Settings
 
-SIDES = ("ours", "trl", "floor")
-SIDE_LABELS = {"ours": "perception-rl", "trl": "TRL", "floor": "floor"}
+SIDES = ("ours", "trl", "floor", "ours_log")
+SIDE_LABELS = {"ours": "perception-rl", "trl": "TRL", "floor": "floor", "ours_log": "perception-rl + RolloutLog"}
+DEFAULT_SIDES = ("ours", "trl", "floor")  # ours_log: the cost of perception_rl.RolloutLog, run on request
 STAGE_LABELS = {
     "rollout_prefill": "rollout: prefill", "rollout_decode": "rollout: decode", "rewards": "rewards",
     "logprob_passes": "old / reference log-prob passes",
@@ -61,14 +64,15 @@ def worker(side: str, case_name: str, result_path: Path, settings: Settings, dat
 
     torch.set_num_threads(settings.threads)
     started = time.perf_counter()
-    if side == "ours":
+    if side in ("ours", "ours_log"):
         import ours as implementation
     elif side == "trl":
         import trl_side as implementation
     else:
         import floor as implementation
     code = code_fingerprint()
-    result = implementation.run(CASES[case_name], settings, data_dir)
+    options = {"rollout_log": True} if side == "ours_log" else {}
+    result = implementation.run(CASES[case_name], settings, data_dir, **options)
     result.update(side=side, case=case_name, torch_threads=torch.get_num_threads(),
                   run_wall_s=time.perf_counter() - started, perception_rl_code=code)
     if code_fingerprint() != code:
@@ -277,9 +281,10 @@ def markdown(results: dict, table: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---:|"]
     for case, sides in table.items():
         step = {side: sides[side]["step_s"] if side in sides else None for side in SIDES}
-        rss = " / ".join(f"{sides[s]['peak_rss_mib']:.0f}" if s in sides else "-" for s in SIDES)
+        rss = " / ".join(f"{sides[s]['peak_rss_mib']:.0f}" if s in sides else "-" for s in DEFAULT_SIDES)
         lines.append(f"| {case} | {_s(step['ours'])} | {_s(step['trl'])} | {_s(step['floor'])} | "
                      f"{_ratio(step['ours'], step['trl'])} | {_ratio(step['ours'], step['floor'])} | {rss} |")
+    lines += rollout_log_cost(table, results["settings"])
     for case, sides in table.items():
         lines += ["", *case_table(case, sides, results["settings"]["steps"])]
     env = results["environment"]
@@ -325,6 +330,18 @@ def case_table(case: str, sides: dict, steps: int) -> list[str]:
         lambda r, s: " / ".join(str(round(r["work"][k] / steps)) for k in ("prefill_tokens", "generated_tokens",
                                                                           "update_forward_tokens")))
     return lines
+
+
+def rollout_log_cost(table: dict, settings: dict) -> list[str]:
+    """One line per case run with and without the rollout log: its cost as a share of our step time."""
+    lines = []
+    for case, sides in table.items():
+        if "ours" in sides and "ours_log" in sides:
+            plain, logged = sides["ours"]["step_s"], sides["ours_log"]["step_s"]
+            shape = f"{settings['prompts_per_step']} groups x {settings['group_size']}"
+            lines.append(f"RolloutLog on {case} (writing every step, {shape}): {logged:.3f} s vs {plain:.3f} s "
+                         f"per step, {100 * (logged / plain - 1):+.1f} %")
+    return ["", *lines] if lines else []
 
 
 def _sync(row: dict) -> str:
@@ -381,7 +398,8 @@ def parse_args(argv: list[str] | None = None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="folder for results.json, results.md, logs/ and raw/")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES))
+    parser.add_argument("--sides", nargs="+", default=list(DEFAULT_SIDES), choices=list(SIDES),
+                        help="ours_log: ours with perception_rl.RolloutLog writing every step (its cost)")
     parser.add_argument("--runs", type=int, default=2, help="runs per (case, side)")
     parser.add_argument("--steps", type=int, default=Settings.steps, help="GRPO steps per run")
     parser.add_argument("--first-timed-step", type=int, default=3, help="steps before this one are warm-up")

@@ -209,7 +209,7 @@ class BenchmarkEvaluation(torch.nn.Module):
         visual = _perception_output(module, breakdown)
         for key in _PERCEPTION_JUDGE if visual is not None else ():
             self._counts[f"perception_judge/{key}"] += int(visual.counters.get(f"judge/{key}", 0))
-        rows = [self._row(rollouts, i, perception[i]) for i in range(len(rollouts)) if keep[i]]
+        rows = [self._row(rollouts, i, perception[i], _judged(module, visual, i)) for i in range(len(rollouts)) if keep[i]]
         if self.answer_judge is not None:
             self._counts.update(self.answer_judge.settle(rows, [s.record for s, k in zip(rollouts.samples, keep) if k]))
         results.append_rows(results.shard_path(self.folder, module.global_rank), rows)
@@ -235,7 +235,7 @@ class BenchmarkEvaluation(torch.nn.Module):
         return {k: v for k, v in totals.items() if not math.isnan(v)}
 
     # ----------------------------------------------------------------- helpers
-    def _row(self, rollouts, i: int, perception: float) -> dict[str, Any]:
+    def _row(self, rollouts, i: int, perception: float, judged: dict[str, Any]) -> dict[str, Any]:
         record, response = rollouts.samples[i].record, rollouts.completions[i]
         graded = grade(response, record.answer, record.choices, record.metadata.get("precision"), self.final_line_fallback)
         row = {
@@ -246,6 +246,9 @@ class BenchmarkEvaluation(torch.nn.Module):
             "truncated": bool(rollouts.truncated[i]), "perception": None if math.isnan(perception) else perception,
             # Perception-correct: the response states every gold fact (None: no annotations, or no visual reward).
             "perception_correct": None if math.isnan(perception) else perception >= 1.0,
+            # For `perception-rl view`: the item's pictures and facts, and what the perception judge said per fact.
+            "images": [str(Path(image).resolve()) if isinstance(image, str) else None for image in record.images],
+            "annotations": list(record.annotations or []), **judged,
         }
         row.update({f: _field(record, f) for f in self._fields if f not in row})
         row["metadata"] = record.metadata
@@ -338,6 +341,20 @@ def _perception_output(module, breakdown):
         if isinstance(reward, PerceptionReward) and reward.name in breakdown.outputs:
             return breakdown.outputs[reward.name]
     return None
+
+
+def _judged(module, visual, i: int) -> dict[str, Any]:
+    """Completion i's perception verdict for its row: per-item verdicts, failure kind and raw reply (empty
+    without a perception reward)."""
+    verdicts = getattr(visual, "verdicts", None) if visual is not None else None
+    if not verdicts:
+        return {}
+    from perception_rl.rewards.perception import PerceptionReward
+
+    judge = next(r.judge for r in module.rewards if isinstance(r, PerceptionReward))
+    verdict = verdicts[i]
+    return {"perception_items": list(judge.item_verdicts(verdict)), "judge_failure": verdict.failure,
+            "judge_reply": verdict.reply}
 
 
 def _perception_scores(module, breakdown, n: int) -> list[float]:

@@ -37,6 +37,7 @@ from perception_rl.judge.types import (  # re-exported: their home before judge/
     Average,
     FailureKind,
     FailurePolicy,
+    ItemVerdict,
     JudgeError,
     JudgeReply,
     JudgeRequest,
@@ -44,8 +45,8 @@ from perception_rl.judge.types import (  # re-exported: their home before judge/
 )
 
 __all__ = [
-    "Average", "FailureKind", "FailurePolicy", "Judge", "JudgeError", "JudgeReply", "JudgeRequest", "JudgeVerdict",
-    "PendingVerdicts", "ThreadedJudge",
+    "Average", "FailureKind", "FailurePolicy", "ItemVerdict", "Judge", "JudgeError", "JudgeReply", "JudgeRequest",
+    "JudgeVerdict", "PendingVerdicts", "ThreadedJudge",
 ]
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,8 @@ class Judge(ABC):
             clean, removed = neutralise(request.response)  # 1. neutralise
             request = replace(request, response=clean)
             key = _request_key(identity, request)
-            batch.add(request, key, cache.get(key), neutralised=removed > 0)  # 2. cache; repeats are sent once
+            judged = clean if removed else None
+            batch.add(request, key, cache.get(key), judged_response=judged)  # 2. cache; repeats are sent once
         deadline = time.monotonic() + self.batch_timeout
         future = self.launch(batch.todo, deadline) if batch.todo else _completed([])  # 3. backend
         collect = partial(self._collect, batch)  # 4. parse, when the caller asks for the result
@@ -180,6 +182,14 @@ class Judge(ABC):
                      f"{verdict.missing} missing of {verdict.num_items} items)")
             return replace(verdict, failure="unparsable", error=error)
         return verdict
+
+    def item_verdicts(self, verdict: JudgeVerdict) -> tuple[ItemVerdict, ...]:
+        """Each annotation item's verdict, read from the reply as `parse_reply` reads it: "correct" (value >=
+        0.5), "wrong", "unparsable" (its tag holds no number), "missing" (no tag), or "failed" (no reply read)."""
+        if not verdict.replied:
+            return ("failed",) * verdict.num_items
+        values = self.template.parse_items(verdict.reply or "") or ()
+        return tuple(_item_verdict(values[k] if k < len(values) else "missing") for k in range(verdict.num_items))
 
     def judge(self, requests: list[JudgeRequest]) -> list[JudgeVerdict]:
         """Judge and wait; raises `JudgeError` under the "raise" policy if any request failed."""
@@ -236,31 +246,32 @@ class Judge(ABC):
 
 class _Batch:
     """One `start` call: per request, a verdict ready now (no facts, a cache hit) or the index of the request
-    sent for it; identical requests of the batch are sent once."""
+    sent for it; identical requests of the batch are sent once. `_judged` keeps, per request, the response
+    as the neutraliser left it when it changed anything (None: unchanged)."""
 
     def __init__(self):
         self.todo: list[JudgeRequest] = []
         self.keys: list[str] = []
         self.sources: list[int] = []  # index into `todo`, or -1 for a ready verdict
         self._ready: dict[int, JudgeVerdict] = {}
-        self._neutralised: list[bool] = []
+        self._judged: list[str | None] = []
         self._index_of: dict[str, int] = {}
 
-    def add_ready(self, verdict: JudgeVerdict, neutralised: bool = False) -> None:
+    def add_ready(self, verdict: JudgeVerdict, judged_response: str | None = None) -> None:
         self._ready[len(self.sources)] = verdict
         self.sources.append(-1)
-        self._neutralised.append(neutralised)
+        self._judged.append(judged_response)
 
-    def add(self, request: JudgeRequest, key: str, hit: JudgeVerdict | None, neutralised: bool) -> None:
+    def add(self, request: JudgeRequest, key: str, hit: JudgeVerdict | None, judged_response: str | None) -> None:
         if hit is not None:
-            self.add_ready(_as_repeat(hit), neutralised)
+            self.add_ready(_as_repeat(hit), judged_response)
             return
         if key not in self._index_of:
             self._index_of[key] = len(self.todo)
             self.todo.append(request)
             self.keys.append(key)
         self.sources.append(self._index_of[key])
-        self._neutralised.append(neutralised)
+        self._judged.append(judged_response)
 
     def assemble(self, fresh: list[JudgeVerdict]) -> list[JudgeVerdict]:
         verdicts, seen = [], set()
@@ -272,7 +283,8 @@ class _Batch:
             else:
                 seen.add(index)
                 verdict = fresh[index]
-            verdicts.append(replace(verdict, neutralised=self._neutralised[slot]))
+            judged = self._judged[slot]
+            verdicts.append(replace(verdict, neutralised=judged is not None, judged_response=judged))
         return verdicts
 
 
@@ -352,6 +364,14 @@ def _request_key(identity: str, request: JudgeRequest) -> str:
     for image in request.images:
         digest.update(hashlib.sha256(image).digest())
     return digest.hexdigest()
+
+
+def _item_verdict(value: float | None | str) -> ItemVerdict:
+    if value == "missing":
+        return "missing"
+    if value is None:
+        return "unparsable"
+    return "correct" if value >= 0.5 else "wrong"
 
 
 def _as_repeat(verdict: JudgeVerdict) -> JudgeVerdict:

@@ -14,6 +14,9 @@ FailureKind = Literal["timeout", "http_error", "connection_error", "unparsable",
 FAILURE_KINDS: tuple[str, ...] = ("timeout", "http_error", "connection_error", "unparsable", "error")
 Average = Literal["reference", "emitted"]
 ITEM_OUTCOMES = ("answered", "unparsable", "missing")
+# One annotation item as judged: an answered item is "correct" (value >= 0.5) or "wrong"; "failed" when the
+# request failed before any reply was read (timeout, HTTP or connection error).
+ItemVerdict = Literal["correct", "wrong", "unparsable", "missing", "failed"]
 
 
 class JudgeError(RuntimeError):
@@ -53,7 +56,8 @@ class JudgeVerdict:
     Each of the `num_items` facts is *answered* (its tag holds a number), *unparsable* (its tag holds
     something else, e.g. "present"; `unparsable` counts them, and their value is 0) or *missing* (no tag;
     parsing stops at the first missing number, as in the authors' code). A reply with no answered fact
-    is a failure of kind "unparsable".
+    is a failure of kind "unparsable". `judged_response` is the response as the judge read it when the
+    neutraliser changed it (None: unchanged).
     """
 
     values: tuple[float, ...]
@@ -67,6 +71,7 @@ class JudgeVerdict:
     cached: bool = False
     neutralised: bool = False
     unparsable: int = 0
+    judged_response: str | None = None
 
     @property
     def missing(self) -> int:
@@ -100,6 +105,7 @@ class JudgeVerdict:
             "reply": self.reply, "latency_s": self.latency_s, "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out, "cached": self.cached, "neutralised": self.neutralised,
             "unparsable": self.unparsable, "answered": self.answered, "missing": self.missing,
+            "judged_response": self.judged_response,
         }
 
     @classmethod

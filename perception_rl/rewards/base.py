@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from perception_rl.judge.types import JudgeVerdict
 from perception_rl.rollout.types import Rollouts
 
 
@@ -24,12 +25,15 @@ class RewardOutput:
 
     `logged` ([N] bool, optional) marks the completions that count in the logged means; e.g. the perception
     reward scores problems without annotations 0 but leaves them out of its metric. None: all count.
+    `verdicts` (N, optional): a judging reward's verdict per completion, with the judge's raw reply, for
+    inspection (`perception_rl.RolloutLog` writes them).
     """
 
     scores: torch.Tensor
     sub_scores: dict[str, torch.Tensor] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)
     logged: torch.Tensor | None = None
+    verdicts: list[JudgeVerdict] | None = None
 
     def logged_scores(self) -> torch.Tensor:
         """Scores with NaN where a completion does not count in the metric (for evaluation means)."""

@@ -97,7 +97,7 @@ class PerceptionReward(Reward):
             "prompt_hash": float(int(template.hash[:6], 16)),
             **{f"judge/{key}": value for key, value in self.judge.health.snapshot(reset=True).items()},
         }
-        return RewardOutput(scores, counters=counters, logged=annotated)
+        return RewardOutput(scores, counters=counters, logged=annotated, verdicts=verdicts)
 
     def __repr__(self) -> str:
         settings = f"name={self.name!r}, weight={self.weight}, average={self.average!r}"

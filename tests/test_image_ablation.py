@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageChops
@@ -57,3 +58,25 @@ def test_bad_ablations_are_named(tmp_path):
     dm = RecordDataModule(train_files=str(tmp_path / "one.jsonl"), image_ablation="shuffled")
     with pytest.raises(ValueError, match=r"shuffled needs two or more records with images, got one \(.*one.jsonl:1"):
         dm.setup("fit")
+
+
+def test_a_resumed_evaluation_keeps_each_items_donor_and_rows_name_the_shown_picture(tmp_path):
+    """A resumed `perception-rl test` keeps only the records still to do: each must still show its own donor."""
+    from perception_rl.eval.evaluation import _shown_images
+
+    dm = DotsDataModule(data_dir=str(tmp_path / "dots"), num_train=2, num_val=1, num_test=6, image_ablation="shuffled")
+    dm.prepare_data()
+    dm.setup("test")
+    dataset = dm.datasets["test"]
+    before = {s.record.id: s.shown.images for s in (dataset[i] for i in range(len(dataset)))}
+    dataset.records = dataset.records[3:]  # what a resume does
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        assert sample.shown.images == before[sample.record.id] != sample.record.images
+        assert _shown_images(sample) == [str(Path(p).resolve()) for p in sample.shown.images]
+    blank = DotsDataModule(data_dir=str(tmp_path / "dots"), num_train=2, num_val=1, num_test=6, image_ablation="blank")
+    blank.setup("test")
+    assert _shown_images(blank.datasets["test"][0]) == [], "a blank canvas has no path"
+    real = DotsDataModule(data_dir=str(tmp_path / "dots"), num_train=2, num_val=1, num_test=6)
+    real.setup("test")
+    assert _shown_images(real.datasets["test"][0]) == real.datasets["test"].records[0].images

@@ -93,6 +93,14 @@ def test_rows_without_images_or_config_still_give_a_page(tmp_path, capsys):
     assert "items are shown without images" in capsys.readouterr().err
 
 
+def test_a_summary_with_nan_scores_gives_a_page(tmp_path):
+    """`perception-rl test` writes NaN for a score no item had (no annotations): the page shows it as empty."""
+    (tmp_path / "predictions.jsonl").write_text(json.dumps({"id": "a", "response": "r", "correct": False}) + "\n")
+    (tmp_path / "summary.json").write_text('{"accuracy": 0.0, "perception": NaN, "groups": {"x": [{"accuracy": NaN}]}}')
+    page = write_page(tmp_path).read_text()
+    assert '"perception": null' in page and "NaN" not in page
+
+
 def run_view(*args: str, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "tests")}
     return subprocess.run([sys.executable, "-m", "perception_rl.cli", "view", *args], capture_output=True, text=True,

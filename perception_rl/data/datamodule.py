@@ -30,6 +30,9 @@ class Sample:
     record: Record
     images: list[Image.Image]
     messages: list[dict]
+    # Under `image_ablation`: "blank" or "shuffled", and for "shuffled" the record whose images are shown.
+    ablation: str = "none"
+    shown: Record | None = None
 
 
 ImageAblation = Literal["none", "blank", "shuffled"]
@@ -38,7 +41,8 @@ IMAGE_ABLATIONS = ("none", "blank", "shuffled")
 
 def image_donors(records: list[Record], seed: int = 0) -> list[int]:
     """For each record, the index of the record whose images it shows under `shuffled`: a fixed random
-    cycle through the records with images, so every one shows another's (records without images keep none)."""
+    cycle through the records with images, so every one shows another's (records without images keep none).
+    Another record's picture can still show the same facts by chance (small synthetic picture spaces)."""
     with_images = [i for i, r in enumerate(records) if r.images]
     if len(with_images) == 1:
         raise ValueError(f"data.image_ablation=shuffled needs two or more records with images, got one "
@@ -64,18 +68,21 @@ class RecordDataset(Dataset):
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels
         self.image_ablation = image_ablation
-        self.donors = image_donors(records) if image_ablation == "shuffled" else None
+        # By record id, so that a resumed evaluation (which keeps only the records still to do) keeps them.
+        self.donors = ({r.id: records[d] for r, d in zip(records, image_donors(records))}
+                       if image_ablation == "shuffled" else None)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
-        shown = self.records[self.donors[index]] if self.donors is not None else record
+        shown = self.donors.get(record.id, record) if self.donors is not None else record
         images = [load_image(src, self.min_pixels, self.max_pixels, shown.source) for src in shown.images]
         if self.image_ablation == "blank":
             images = [Image.new("RGB", image.size, "white") for image in images]
-        return Sample(record, images, [user_message(record, self.format_instruction, len(images))])
+        return Sample(record, images, [user_message(record, self.format_instruction, len(images))],
+                      self.image_ablation, shown if self.donors is not None else None)
 
 
 def collate_samples(samples: list[Sample]) -> list[Sample]:
@@ -110,7 +117,8 @@ class RecordDataModule(L.LightningDataModule):
         images_outside_data_dir: allow image paths that lead outside the data file's folder.
         image_ablation: a control for shortcut learning, on every split: `blank` shows a white canvas of each
             image's size, `shuffled` shows another record's images (a fixed random cycle over the split, so
-            the picture never matches the question's answer and annotations); `none` shows the real images.
+            picture is never the item's own, though it may show the same facts by chance); `none` shows the
+            real images.
     """
 
     def __init__(

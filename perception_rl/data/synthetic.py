@@ -26,8 +26,8 @@ comparison they give:
 Splits are separate random streams of one seed (train, val, test, and a `warmup` stream for the
 supervised warm start, see `perception_rl.warm_start`): the same seed gives byte-identical files. The
 validation and held-out splits skip every picture the training split holds (deduplicated, so held-out
-scores are on unseen pictures); for a given training set, the first n items of a split do not depend on
-how many are written.
+scores are on pictures GRPO never trained on; the warm-up stream is not excluded); for a given training set,
+the first n items of a split do not depend on how many are written.
 
     perception-rl make-demo-data .cache/perception-rl/dots [--task compare]
 """

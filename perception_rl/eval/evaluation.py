@@ -246,9 +246,12 @@ class BenchmarkEvaluation(torch.nn.Module):
             "truncated": bool(rollouts.truncated[i]), "perception": None if math.isnan(perception) else perception,
             # Perception-correct: the response states every gold fact (None: no annotations, or no visual reward).
             "perception_correct": None if math.isnan(perception) else perception >= 1.0,
-            # For `perception-rl view`: the item's pictures and facts, and what the perception judge said per fact.
-            "images": [str(Path(image).resolve()) if isinstance(image, str) else None for image in record.images],
+            # For `perception-rl view`: the question, the pictures the model was shown (None: given as bytes),
+            # the gold facts, and what the perception judge said of each.
+            "problem": record.problem, "images": _shown_images(rollouts.samples[i]),
             "annotations": list(record.annotations or []), **judged,
+            **({"image_ablation": ablation} if (ablation := getattr(rollouts.samples[i], "ablation", "none")) != "none"
+               else {}),
         }
         row.update({f: _field(record, f) for f in self._fields if f not in row})
         row["metadata"] = record.metadata
@@ -300,6 +303,9 @@ class BenchmarkEvaluation(torch.nn.Module):
             "max_new_tokens": self.max_new_tokens or rollout.max_new_tokens, "temperature": self.temperature,
             "format_instruction": getattr(getattr(trainer, "datamodule", None), "format_instruction", None),
             "final_line_fallback": self.final_line_fallback,
+            # Only when set, so evaluations written before the option existed still resume.
+            **({"image_ablation": ablation} if (ablation := getattr(getattr(trainer, "datamodule", None),
+                                                                     "image_ablation", "none")) != "none" else {}),
         }
 
     def _write_outputs(self, totals: dict, groups: dict, counts: dict) -> None:
@@ -341,6 +347,15 @@ def _perception_output(module, breakdown):
         if isinstance(reward, PerceptionReward) and reward.name in breakdown.outputs:
             return breakdown.outputs[reward.name]
     return None
+
+
+def _shown_images(sample) -> list[str | None]:
+    """Paths of the images the model was shown: the record's, another record's under `shuffled`, none under
+    `blank` (a white canvas)."""
+    if getattr(sample, "ablation", "none") == "blank":
+        return []
+    source = getattr(sample, "shown", None) or sample.record
+    return [str(Path(image).resolve()) if isinstance(image, str) else None for image in source.images]
 
 
 def _judged(module, visual, i: int) -> dict[str, Any]:

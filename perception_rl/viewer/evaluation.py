@@ -50,18 +50,19 @@ def _holds_rows(folder: Path) -> bool:
 def load_evaluation(folder: Path, images: ImageStore) -> dict[str, Any]:
     """{name, folder, summary, items} of one test folder (rows in benchmark order when merged)."""
     rows = list(finished_rows(folder)[0].values())
-    samples = _test_set(folder) if any(not row.get("images") for row in rows) else {}
+    samples = _test_set(folder) if not all(_has_paths(row) for row in rows) else {}
     items = []
     for row in rows:
         sample = samples.get(str(row["id"]))
-        if row.get("images"):
+        if _has_paths(row):
             keys = [images.add_file(_resolve(folder, p)) for p in row["images"] if isinstance(p, str)]
         else:
             keys = [images.add_image(image) for image in sample.images] if sample is not None else []
         record = sample.record if sample is not None else None
         annotations = row.get("annotations") or (record.annotations if record is not None else None) or []
         item = {
-            "id": str(row["id"]), "problem": record.problem if record is not None else row.get("prompt"),
+            "id": str(row["id"]),
+            "problem": row.get("problem") or (record.problem if record is not None else row.get("prompt")),
             "response": row.get("response", ""), "extracted": row.get("extracted"), "gold": row.get("gold"),
             "correct": bool(row.get("correct")), "perception": row.get("perception"),
             "perception_correct": row.get("perception_correct"), "truncated": bool(row.get("truncated")),
@@ -73,6 +74,13 @@ def load_evaluation(folder: Path, images: ImageStore) -> dict[str, Any]:
         items.append(item)
     return {"name": folder.name, "folder": str(folder), "summary": read_json(folder / "summary.json") or {},
             "items": items}
+
+
+def _has_paths(row: dict[str, Any]) -> bool:
+    """Whether the row names every image it showed by path (rows of images given as bytes, of blank images, or
+    from before rows carried images need the test set rebuilt)."""
+    images = row.get("images")
+    return bool(images) and all(isinstance(p, str) for p in images)
 
 
 def item_flags(item: dict[str, Any]) -> list[str]:

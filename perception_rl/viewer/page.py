@@ -7,6 +7,7 @@ offline, and can be mailed or archived as one file.
 from __future__ import annotations
 
 import json
+import math
 import os
 from html import escape
 from importlib import resources
@@ -45,10 +46,21 @@ def collect(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def _finite(value: Any) -> Any:
+    """`value` with NaN and infinities as None: summaries hold NaN for a score no item had (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def render(data: dict[str, Any]) -> str:
     assets = resources.files("perception_rl.viewer") / "assets"
     # "<" escaped: no text inside the JSON (a completion, a reply) can close the script element.
-    payload = json.dumps(data, ensure_ascii=False, allow_nan=False).replace("<", "\\u003c")
+    payload = json.dumps(_finite(data), ensure_ascii=False, allow_nan=False).replace("<", "\\u003c")
     title = f"perception-rl view: {Path(data['run_dir']).name}"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

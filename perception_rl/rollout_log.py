@@ -30,7 +30,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from perception_rl.annotate.worklog import atomic_write
 from perception_rl.background import BackgroundWriter
+from perception_rl.data.images import fit_within
 from perception_rl.judge.types import JudgeVerdict
 from perception_rl.rewards.accuracy import AccuracyReward
 
@@ -210,25 +211,18 @@ def write_step(snapshot: StepSnapshot, folder: Path, max_image_side: int) -> lis
             out.update(_judge_columns(name, verdicts[k], snapshot.judges.get(name)))
         rows.append(out)
     table = pa.Table.from_pylist(rows, schema=_schema(snapshot))
-    path = folder / f"step_{snapshot.step:06d}.parquet"
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, temp)
-    temp.replace(path)
+    atomic_write(folder / f"step_{snapshot.step:06d}.parquet", lambda temp: pq.write_table(table, temp), durable=False)
     return rows
 
 
 def store_image(image: Image.Image, folder: Path, max_side: int) -> str:
     """The image scaled to fit `max_side`, as images/<hash>.png under `folder` (written once); its relative path."""
-    small = image.convert("RGB") if image.mode not in ("RGB", "RGBA", "L") else image.copy()
-    small.thumbnail((max_side, max_side))
+    small = fit_within(image, max_side)
     digest = hashlib.sha256(f"{small.mode}{small.size}".encode() + small.tobytes()).hexdigest()[:20]
     relative = f"{IMAGES_DIR}/{digest}.png"
     path = folder / relative
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        small.save(temp, format="PNG")
-        temp.replace(path)
+        atomic_write(path, lambda temp: small.save(temp, format="PNG"), durable=False)
     return relative
 
 

@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -368,8 +370,9 @@ def main(argv: list[str] | None = None) -> None:
     stamp.write_text(json.dumps({"steps": args.steps}) + "\n")
     if not (out / "warm_start" / "config.json").is_file():
         # The fit would warm-start on first use too; done first so that its time is logged on its own.
-        cli(out / "logs" / "warm-start.log", "warm-start", str(out / "warm_start"), "--task", "compare",
-            "--red-bias", "0.7")
+        policy = yaml.safe_load(TASK.read_text())["model"]["policy"]["init_args"]
+        cli(out / "logs" / "warm-start.log", "warm-start", str(out / "warm_start"), "--task", policy["task"],
+            "--red-bias", str(policy["red_bias"]))
     results: dict = {"steps": args.steps, "seeds": args.seeds, "held_out": {}, "held_out_along": {},
                      "training_reward": {}}
     results["held_out"]["warm_start"] = rates(evaluate(out, "warm_start"))

@@ -20,6 +20,13 @@ def resize_to_pixel_bounds(image: Image.Image, min_pixels: int, max_pixels: int)
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
+def fit_within(image: Image.Image, max_side: int) -> Image.Image:
+    """A copy of `image` (RGB, RGBA or L) whose longest side is at most `max_side` pixels (aspect kept)."""
+    small = image.convert("RGB") if image.mode not in ("RGB", "RGBA", "L") else image.copy()
+    small.thumbnail((max_side, max_side))
+    return small
+
+
 def load_image(source: str | bytes, min_pixels: int, max_pixels: int, where: str = "") -> Image.Image:
     """Open `source` (path or encoded bytes) as an RGB image within the pixel bounds."""
     try:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from perception_rl.data.images import fit_within
+
 
 class ImageStore:
     """Collects images for the page; a key per distinct image, so a picture shown many times is embedded once.
@@ -31,10 +33,8 @@ class ImageStore:
 
     def add_image(self, image: Image.Image) -> str:
         """Any image, scaled to fit `max_side` and encoded as PNG."""
-        small = image.convert("RGB") if image.mode not in ("RGB", "RGBA", "L") else image.copy()
-        small.thumbnail((self.max_side, self.max_side))
         buffer = io.BytesIO()
-        small.save(buffer, format="PNG")
+        fit_within(image, self.max_side).save(buffer, format="PNG")
         return self._add_bytes(buffer.getvalue(), "image/png")
 
     def add_file(self, path: Path) -> str | None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from html import escape
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from perception_rl.eval.results import write_atomic
 from perception_rl.viewer.curves import curves_svg, read_curves
 from perception_rl.viewer.evaluation import ITEM_FILTERS, evaluation_folders, load_evaluation
 from perception_rl.viewer.images import ImageStore
@@ -76,8 +76,5 @@ def render(data: dict[str, Any]) -> str:
 def write_page(run_dir: Path, out: Path | None = None) -> Path:
     """Write the page (atomically) to `out`, by default `run_dir/view.html`; returns its path."""
     path = out or run_dir / PAGE
-    html = render(collect(run_dir))
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_text(html, encoding="utf-8")
-    temp.replace(path)
+    write_atomic(path, render(collect(run_dir)))
     return path
